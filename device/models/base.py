@@ -1,0 +1,92 @@
+"""The one interface every small recommendation model (SRM) on the device implements.
+
+Letters used in shape comments:
+    B  batch (users)          L  history length (right-padded, 0 = padding)
+    C  candidate items        D  hidden width
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class SRMConfig:
+    """Fields every SRM config shares; model configs subclass this."""
+
+    num_items: int = 0  # catalogue size; item ids are 1..num_items, 0 is padding
+    hidden_size: int = 64  # embedding width D
+    max_len: int = 50  # longest history the model reads (older clicks are dropped)
+    dropout: float = 0.1  # dropout on embeddings and hidden layers during training
+
+    def __post_init__(self) -> None:
+        if self.num_items < 1:
+            raise ValueError(f"num_items must be >= 1, got {self.num_items}")
+        if self.hidden_size < 1:
+            raise ValueError(f"hidden_size must be >= 1, got {self.hidden_size}")
+        if self.max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {self.max_len}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SequentialRecommender(nn.Module):
+    """Base class of the SRMs: subclasses implement `score` (and may override `score_all`).
+
+    Histories are `[B, L]` int64 tensors of item ids; 0 is padding and may sit anywhere
+    (models treat only the non-zero entries, in order, as the history). The project's own
+    batches are right-padded: `[i_1, …, i_n, 0, …, 0]`.
+    """
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[SRMConfig]] = SRMConfig
+    stateful: ClassVar[bool] = False  # True when init_state/step are implemented
+
+    def __init__(self, config: SRMConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def score(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits of `items` as the next click after `history`.
+
+        Args:
+            history: `[B, L]` item ids, 0 = padding.
+            items: `[B, C]` candidate item ids (0 entries are padding; their score is ignored).
+        Returns:
+            `[B, C]` float logits (higher = more likely).
+        """
+        raise NotImplementedError
+
+    def score_all(self, history: torch.Tensor) -> torch.Tensor:
+        """Logits of every item `0..num_items` (column 0 is padding): `[B, num_items + 1]`."""
+        n = self.config.num_items + 1
+        items = torch.arange(n, device=history.device).expand(history.size(0), n)
+        return self.score(history, items)
+
+    def loss(self, history: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Pointwise binary cross-entropy over `items`, ignoring padded (id 0) entries.
+
+        Args:
+            history: `[B, L]` item ids.
+            items: `[B, C]` the positive(s) and negatives; 0 = padding.
+            labels: `[B, C]` 1.0 for the positive, 0.0 for negatives.
+        """
+        logits = self.score(history, items)  # [B, C]
+        mask = (items != 0).float()
+        per_item = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+        return (per_item * mask).sum() / mask.sum().clamp_min(1.0)
+
+    # Carried per-user state, for models that can update it click by click (TTT4Rec).
+    def init_state(self, batch_size: int = 1) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} keeps no carried state")
+
+    def step(self, state: Any, items: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} keeps no carried state")

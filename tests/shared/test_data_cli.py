@@ -1,0 +1,40 @@
+import json
+
+import pytest
+
+from cli.main import main
+
+
+def test_stats_on_movielens_100k_gives_the_real_numbers(capsys):
+    assert main(["data", "stats", "--dataset", "ml-100k", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["users"], stats["items"], stats["interactions"]) == (943, 1682, 100000)
+    assert stats["length_min"] == 20  # ML-100k keeps users with at least 20 ratings
+
+
+def test_stats_table_is_readable(capsys):
+    assert main(["data", "stats", "--dataset", "synthetic", "--synthetic-users", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "users" in out and "40" in out and "time span" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["data", "stats", "--dataset", "imdb"], "unknown dataset 'imdb'"),
+        (["data", "stats", "--dataset", "csv"], "needs --path"),
+        (["data", "stats", "--dataset", "csv", "--path", "missing.csv"], "no such file"),
+    ],
+)
+def test_bad_cli_input_prints_one_line_and_fails(capsys, argv, problem):
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert problem in err and len(err.splitlines()) == 1
+
+
+def test_bad_file_through_cli_names_it(tmp_path, capsys):
+    path = tmp_path / "bad.csv"
+    path.write_text("user,item,timestamp\n1,2,noon\n")
+    assert main(["data", "stats", "--dataset", "csv", "--path", str(path)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert str(path) in err and "not a number" in err and len(err.splitlines()) == 1
