@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = (
     "cli.export_onnx",
     "cli.train_llm",
     "cli.candidates",
+    "cli.serve",
     "cli.demo",
 )
 

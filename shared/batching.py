@@ -96,6 +96,8 @@ class NextItemBatcher:
         batch_size: examples per batch.
         seed: fixes the order and the negatives of every epoch.
         last_only: use only each sequence's final item as target (fast fine-tuning).
+        prefixes_per_user: if set, each epoch uses at most this many target positions per
+            user, drawn afresh every epoch (bounds an epoch's cost on long histories).
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class NextItemBatcher:
         batch_size: int = 256,
         seed: int = 0,
         last_only: bool = False,
+        prefixes_per_user: int | None = None,
     ) -> None:
         if num_negatives < 0 or batch_size < 1 or max_len < 1:
             raise ValueError(
@@ -119,6 +122,7 @@ class NextItemBatcher:
         self.known = UserItemIndex(self.sequences, num_items)
         self.rng = np.random.default_rng(seed)
         self.examples = self._index_examples(last_only)  # [E, 2] (user, target position)
+        self.prefixes_per_user = prefixes_per_user
 
     def _index_examples(self, last_only: bool) -> np.ndarray:
         pairs = []
@@ -130,13 +134,27 @@ class NextItemBatcher:
         return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
     def __len__(self) -> int:
-        return -(-len(self.examples) // self.batch_size)
+        return -(-len(self._epoch_examples(dry_run=True)) // self.batch_size)
 
     def __iter__(self) -> Iterator[TrainBatch]:
-        order = self.rng.permutation(len(self.examples))
+        examples = self._epoch_examples()
+        order = self.rng.permutation(len(examples))
         for start in range(0, len(order), self.batch_size):
-            chunk = self.examples[order[start : start + self.batch_size]]
+            chunk = examples[order[start : start + self.batch_size]]
             yield self._make_batch(chunk[:, 0], chunk[:, 1])
+
+    def _epoch_examples(self, dry_run: bool = False) -> np.ndarray:
+        """All examples, or at most `prefixes_per_user` random ones per user for this epoch."""
+        cap = self.prefixes_per_user
+        if not cap:
+            return self.examples
+        users = self.examples[:, 0]
+        # A random key per example; keep the `cap` smallest keys of each user.
+        keys = np.zeros(len(users)) if dry_run else self.rng.random(len(users))
+        order = np.lexsort((keys, users))
+        first = np.searchsorted(users[order], users[order], side="left")
+        keep = order[np.arange(len(order)) - first < cap]
+        return self.examples[np.sort(keep)]
 
     def _make_batch(self, users: np.ndarray, positions: np.ndarray) -> TrainBatch:
         histories = [

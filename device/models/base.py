@@ -38,6 +38,44 @@ class SRMConfig:
         return asdict(self)
 
 
+def compact_history(history: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-align the last `max_len` valid clicks of each row, dropping pads anywhere.
+
+    Args:
+        history: `[B, L_in]` item ids, 0 = padding at any position.
+        max_len: how many of the most recent valid clicks to keep.
+    Returns:
+        `(compact, lengths)`: `[B, L]` right-padded ids with `L = clamp(max n_valid, 1,
+        max_len)`, and `[B]` int64 number of kept clicks per row (0 for an empty history).
+    """
+    valid = history != 0  # [B, L_in]
+    n_valid = valid.sum(dim=1)  # [B]
+    lengths = n_valid.clamp(max=max_len)
+    width = max(1, min(max_len, int(n_valid.max().item()) if history.numel() else 0))
+    # Position of each valid click among the kept ones; older clicks fall below 0.
+    rank = valid.long().cumsum(dim=1) - 1  # [B, L_in]
+    pos = rank - (n_valid - lengths).unsqueeze(1)  # [B, L_in]
+    keep = valid & (pos >= 0)
+    # Dropped entries all land in a spare column that is cut off afterwards.
+    target = torch.where(keep, pos, torch.full_like(pos, width))
+    out = history.new_zeros(history.size(0), width + 1)
+    out.scatter_(1, target, torch.where(keep, history, torch.zeros_like(history)))
+    return out[:, :width], lengths
+
+
+def gather_last(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The hidden state at the last valid position (position 0 for an empty history).
+
+    Args:
+        hidden: `[B, L, D]` per-position states of right-padded sequences.
+        lengths: `[B]` valid lengths.
+    Returns:
+        `[B, D]`.
+    """
+    index = (lengths - 1).clamp_min(0).view(-1, 1, 1).expand(-1, 1, hidden.size(-1))  # [B, 1, D]
+    return hidden.gather(1, index).squeeze(1)  # [B, L, D] -> [B, D]
+
+
 class SequentialRecommender(nn.Module):
     """Base class of the SRMs: subclasses implement `score` (and may override `score_all`).
 
@@ -71,7 +109,9 @@ class SequentialRecommender(nn.Module):
         items = torch.arange(n, device=history.device).expand(history.size(0), n)
         return self.score(history, items)
 
-    def loss(self, history: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, history: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         """Pointwise binary cross-entropy over `items`, ignoring padded (id 0) entries.
 
         Args:

@@ -43,3 +43,17 @@ def test_fixed_eval_negatives_are_seeded_distinct_and_exclude_user_items():
         assert len(set(row.tolist())) == 99 and not set(row.tolist()) & set(seq.tolist())
     with pytest.raises(ValueError, match="only"):
         fixed_eval_negatives(seqs, num_items=50, count=99)
+
+
+def test_prefix_cap_limits_examples_per_user_and_varies_by_epoch():
+    seqs = [np.arange(1, 41), np.arange(41, 46)]
+    batcher = NextItemBatcher(
+        seqs, num_items=50, max_len=5, batch_size=100, seed=0, prefixes_per_user=3
+    )
+    epochs = []
+    for _ in range(2):
+        batch = next(iter(batcher))
+        assert sorted(np.bincount(batch.users).tolist()) == [3, 3]
+        epochs.append(sorted(batch.items[:, 0].tolist()))
+    assert epochs[0] != epochs[1]
+    assert len(batcher) == 1

@@ -1,0 +1,302 @@
+"""TTT4Rec (Zhan, Lv, Zhang, Li): TTT-Linear blocks as the on-device sequential recommender.
+
+Layout: item embedding (row 0 = padding) → `num_layers` TTT-Linear blocks → RMSNorm → the
+hidden state at the last valid click is the user feature `F_s`. A candidate goes through
+the same embedding and a 2-layer MLP to `F_t`; the logit is `F_s · F_t`.
+
+The TTT layers' fast weights are the user state: `step` folds one click into it in
+O(H·F²) whatever the history length, and stepping a history click by click gives the same
+`F_s` as `encode` on it. Like every SRM, `encode` reads the last `max_len` valid clicks;
+`step` never forgets on a schedule (the state is the compressed history), so the two agree
+while the history has at most `max_len` clicks, which is how the model is trained.
+
+Letters used in shape comments:
+    B  batch (users)          L  history length             C  candidate items
+    D  hidden width           N  TTT layers                 H  heads per layer
+    F  head width (D / H)     I  num_items + 1 (row 0 = padding)
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import nn
+
+from device.models.base import SequentialRecommender, SRMConfig, compact_history, gather_last
+from device.models.ttt_linear import RMSNorm, TTTBlock, TTTLinearConfig, TTTState
+
+_STATE_MAGIC = b"TTS1"
+_STATE_HEADER = struct.Struct("<4s5i")  # magic, B, N, H, F, D
+
+
+@dataclass
+class TTT4RecConfig(SRMConfig):
+    """TTT4Rec hyper-parameters; the TTT fields are passed to every `TTTLinearConfig`."""
+
+    num_layers: int = 1  # TTT-Linear blocks; one suffices for short histories (paper)
+    num_heads: int = 4  # heads per TTT layer; 4 keeps the state ~9 KB per user at D = 64
+    mini_batch_size: int = 16  # tokens per inner step (reference default; paper: 1 or 10 best)
+    base_lr: float = 1.0  # inner learning-rate scale, as published for TTT-Linear
+    initializer_range: float = 0.02  # std of linear and embedding init (a tuned knob in paper)
+    inner_init_std: float = 0.02  # std of the initial fast weight W₀ (published 0.02)
+    use_gate: bool = False  # gelu gate before the TTT output projection (Mamba variant)
+    use_rope: bool = True  # RoPE on Q, K inside the mini-batch, as published
+    intermediate_size: int = 128  # SwiGLU hidden width (2·D by default)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        self.ttt_config()  # validates the TTT fields, raising ValueError on a bad one
+
+    def ttt_config(self) -> TTTLinearConfig:
+        """The `TTTLinearConfig` of each block."""
+        return TTTLinearConfig(
+            hidden_size=self.hidden_size,
+            num_heads=self.num_heads,
+            mini_batch_size=self.mini_batch_size,
+            base_lr=self.base_lr,
+            initializer_range=self.initializer_range,
+            inner_init_std=self.inner_init_std,
+            use_gate=self.use_gate,
+            use_rope=self.use_rope,
+            intermediate_size=self.intermediate_size,
+            dropout=self.dropout,
+        )
+
+
+@dataclass
+class TTT4RecState:
+    """Carried per-user state of TTT4Rec: the fast weights of all layers plus the last `F_s`.
+
+    Attributes:
+        weight: `[B, N, H, F, F]` W of each layer at the last mini-batch boundary.
+        bias: `[B, N, H, F]` b of each layer at the last mini-batch boundary.
+        grad_weight: `[B, N, H, F, F]` running Σ lr·XKᵀ·G of the partly filled mini-batch.
+        grad_bias: `[B, N, H, F]` running Σ lr·G of the partly filled mini-batch.
+        pos: `[B]` int64 clicks already in the current mini-batch (shared by all layers).
+        feature: `[B, D]` `F_s` after the last valid click (zeros before any click).
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    grad_weight: torch.Tensor
+    grad_bias: torch.Tensor
+    pos: torch.Tensor
+    feature: torch.Tensor
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """Tensor names in the fixed order used by `tensors()` and the ONNX step graph."""
+        return _STATE_NAMES
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors in `names()` order."""
+        return (self.weight, self.bias, self.grad_weight, self.grad_bias, self.pos, self.feature)
+
+    @property
+    def batch_size(self) -> int:
+        return self.pos.shape[0]
+
+    def layer(self, index: int) -> TTTState:
+        """Layer `index`'s fast weights as a `TTTState` (views, no copy)."""
+        return TTTState(
+            self.weight[:, index],
+            self.bias[:, index],
+            self.grad_weight[:, index],
+            self.grad_bias[:, index],
+            self.pos,
+        )
+
+    @classmethod
+    def from_layers(cls, layers: Sequence[TTTState], feature: torch.Tensor) -> TTT4RecState:
+        """Stack per-layer states (which share `pos`) and the feature into one state."""
+        return cls(
+            weight=torch.stack([s.weight for s in layers], dim=1),
+            bias=torch.stack([s.bias for s in layers], dim=1),
+            grad_weight=torch.stack([s.grad_weight for s in layers], dim=1),
+            grad_bias=torch.stack([s.grad_bias for s in layers], dim=1),
+            pos=layers[0].pos,
+            feature=feature,
+        )
+
+    def select(self, index: torch.Tensor | Sequence[int] | slice) -> TTT4RecState:
+        """The users at `index` (a slice, a list of ints, or an int64 / bool tensor)."""
+        if not isinstance(index, slice | torch.Tensor):
+            index = torch.as_tensor(index, dtype=torch.long)
+        return TTT4RecState(*(t[index] for t in self.tensors()))
+
+    @classmethod
+    def cat(cls, states: Sequence[TTT4RecState]) -> TTT4RecState:
+        """Concatenate states of several user groups along the batch dimension."""
+        if not states:
+            raise ValueError("cat needs at least one state")
+        return cls(*(torch.cat(parts) for parts in zip(*(s.tensors() for s in states))))
+
+    def to_bytes(self) -> bytes:
+        """Serialise: a small header, then fp32 tensors and int32 `pos` (little-endian)."""
+        batch, layers, heads, head_dim, _ = self.weight.shape
+        header = _STATE_HEADER.pack(_STATE_MAGIC, batch, layers, heads, head_dim, self.width)
+        floats = [self.weight, self.bias, self.grad_weight, self.grad_bias, self.feature]
+        body = b"".join(_as_numpy(t, "<f4").tobytes() for t in floats)
+        return header + body + _as_numpy(self.pos, "<i4").tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TTT4RecState:
+        """Inverse of `to_bytes`.
+
+        Raises:
+            ValueError: if `data` is not a serialised state or has the wrong length.
+        """
+        if len(data) < _STATE_HEADER.size:
+            raise ValueError(f"state bytes too short: {len(data)} bytes")
+        magic, batch, layers, heads, head_dim, width = _STATE_HEADER.unpack_from(data)
+        if magic != _STATE_MAGIC:
+            raise ValueError(f"not a TTT4Rec state: magic {magic!r}")
+        shapes = _state_shapes(batch, layers, heads, head_dim, width)
+        expected = _STATE_HEADER.size + 4 * sum(int(np.prod(s)) for s in shapes.values())
+        if len(data) != expected:
+            raise ValueError(f"state bytes have length {len(data)}, expected {expected}")
+        offset, out = _STATE_HEADER.size, {}
+        for name, shape in shapes.items():
+            dtype = "<i4" if name == "pos" else "<f4"
+            count = int(np.prod(shape))
+            array = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+            offset += 4 * count
+            out[name] = torch.from_numpy(array.astype(np.int64 if name == "pos" else np.float32))
+        return cls(**out)
+
+    @property
+    def width(self) -> int:
+        return self.feature.shape[-1]
+
+
+_STATE_NAMES = tuple(f.name for f in fields(TTT4RecState))
+
+
+def _state_shapes(
+    batch: int, layers: int, heads: int, head_dim: int, width: int
+) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes in serialisation order (floats first, then `pos`)."""
+    return {
+        "weight": (batch, layers, heads, head_dim, head_dim),
+        "bias": (batch, layers, heads, head_dim),
+        "grad_weight": (batch, layers, heads, head_dim, head_dim),
+        "grad_bias": (batch, layers, heads, head_dim),
+        "feature": (batch, width),
+        "pos": (batch,),
+    }
+
+
+def _as_numpy(tensor: torch.Tensor, dtype: str) -> np.ndarray:
+    return tensor.detach().cpu().numpy().astype(dtype)
+
+
+class TTT4Rec(SequentialRecommender):
+    """TTT4Rec: stateful sequential recommender with TTT-Linear blocks."""
+
+    name = "ttt4rec"
+    config_class = TTT4RecConfig
+    stateful = True
+
+    def __init__(self, config: TTT4RecConfig) -> None:
+        super().__init__(config)
+        width = config.hidden_size
+        self.item_embedding = nn.Embedding(config.num_items + 1, width, padding_idx=0)
+        self.embed_dropout = nn.Dropout(config.dropout)
+        block_config = config.ttt_config()
+        self.blocks = nn.ModuleList(TTTBlock(block_config) for _ in range(config.num_layers))
+        self.final_norm = RMSNorm(width, block_config.norm_eps)
+        self.target_mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Normal(0, initializer_range) linears and embeddings, zero biases and pad row."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            with torch.no_grad():
+                module.weight[0].zero_()
+
+    def encode_with_state(self, history: torch.Tensor) -> tuple[TTT4RecState, torch.Tensor]:
+        """One full forward over `history`: the carried state it leaves and `F_s`.
+
+        Args:
+            history: `[B, L]` item ids, 0 = padding anywhere; the last `max_len` valid
+                clicks are read.
+        Returns:
+            `(state, F_s)`: the state equal to stepping those clicks from `init_state`,
+            and `[B, D]` features (zeros for an empty history).
+        """
+        # Valid clicks first, so mini-batch boundaries count from each user's first click.
+        history, lengths = compact_history(history, self.config.max_len)  # [B, L], [B]
+        mask = history != 0  # [B, L]
+        h = self.embed_dropout(self.item_embedding(history))  # [B, L, D]
+        layer_states = []
+        for block in self.blocks:
+            h, layer_state = block(h, mask)
+            layer_states.append(layer_state)
+        h = self.final_norm(h)  # [B, L, D]
+        features = gather_last(h, lengths) * (lengths > 0)[:, None].to(h.dtype)  # [B, D]
+        return TTT4RecState.from_layers(layer_states, features), features
+
+    def encode(self, history: torch.Tensor) -> torch.Tensor:
+        """`F_s [B, D]`: the final hidden state at each user's last valid click."""
+        return self.encode_with_state(history)[1]
+
+    def item_features(self, items: torch.Tensor) -> torch.Tensor:
+        """`F_t [..., D]` of item ids `[...]`: shared embedding then the 2-layer MLP."""
+        return self.target_mlp(self.item_embedding(items))
+
+    def score_features(self, features: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits `F_s · F_t`.
+
+        Args:
+            features: `[B, D]` user features `F_s`.
+            items: `[B, C]` candidate ids.
+        Returns:
+            `[B, C]` logits.
+        """
+        targets = self.item_features(items)  # [B, C, D]
+        return (targets @ features.unsqueeze(-1)).squeeze(-1)  # [B, C, D] @ [B, D, 1] -> [B, C]
+
+    def score(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.score_features(self.encode(history), items)
+
+    def score_all(self, history: torch.Tensor) -> torch.Tensor:
+        """Logits of every item `[B, I]`: encode once, one matmul against all item features."""
+        all_items = self.target_mlp(self.item_embedding.weight)  # [I, D]
+        return self.encode(history) @ all_items.t()  # [B, D] @ [D, I] -> [B, I]
+
+    def init_state(self, batch_size: int = 1) -> TTT4RecState:
+        """Fresh state for `batch_size` users with no clicks yet."""
+        layers = [block.ttt.init_state(batch_size) for block in self.blocks]
+        weight = self.item_embedding.weight
+        feature = weight.new_zeros(batch_size, self.config.hidden_size)
+        return TTT4RecState.from_layers(layers, feature)
+
+    def step(self, state: TTT4RecState, items: torch.Tensor) -> tuple[TTT4RecState, torch.Tensor]:
+        """Fold one click per user into the state; O(N·H·F²), independent of history length.
+
+        Args:
+            state: the users' carried state.
+            items: `[B]` clicked item ids; 0 leaves that user's state (and `F_s`) unchanged.
+        Returns:
+            `(state, F_s)`: the new state and `[B, D]` features (equal to `state.feature`).
+        """
+        mask = items != 0  # [B]
+        h = self.embed_dropout(self.item_embedding(items))  # [B, D]
+        layer_states = []
+        for index, block in enumerate(self.blocks):
+            h, layer_state = block.step(h, state.layer(index), mask)
+            layer_states.append(layer_state)
+        features = torch.where(mask[:, None], self.final_norm(h), state.feature)  # [B, D]
+        return TTT4RecState.from_layers(layer_states, features), features

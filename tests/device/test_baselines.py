@@ -1,0 +1,198 @@
+"""SASRec, GRU4Rec and DIN: shapes, padding invariance, score_all, a smoke training, configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from device.models.base import SequentialRecommender
+from device.models.din import DIN, DINConfig
+from device.models.gru4rec import GRU4Rec, GRU4RecConfig
+from device.models.sasrec import SASRec, SASRecConfig, compact_history
+
+NUM_ITEMS = 40
+MAX_LEN = 8
+SMALL = {"num_items": NUM_ITEMS, "hidden_size": 16, "max_len": MAX_LEN}
+
+
+def make_sasrec() -> SASRec:
+    return SASRec(SASRecConfig(**SMALL, num_layers=2, num_heads=2, inner_size=32))
+
+
+def make_gru4rec() -> GRU4Rec:
+    return GRU4Rec(GRU4RecConfig(**SMALL, num_layers=2, gru_hidden_size=24))
+
+
+def make_din() -> DIN:
+    return DIN(DINConfig(**SMALL, attention_hidden_sizes=(16, 8), mlp_hidden_sizes=(16,)))
+
+
+MAKERS = {"sasrec": make_sasrec, "gru4rec": make_gru4rec, "din": make_din}
+
+
+@pytest.fixture(params=sorted(MAKERS))
+def model(request) -> SequentialRecommender:
+    torch.manual_seed(0)
+    return MAKERS[request.param]()
+
+
+# Histories of different lengths; the last one is longer than MAX_LEN.
+HISTORIES = [[3, 7, 1], [5], [2, 9, 4, 4, 11, 30], list(range(1, 13))]
+CANDIDATES = torch.tensor([[1, 2, 3, 40], [5, 6, 7, 8], [11, 12, 4, 2], [12, 13, 1, 9]])
+
+
+def right_padded(histories: list[list[int]], width: int) -> torch.Tensor:
+    out = torch.zeros(len(histories), width, dtype=torch.long)
+    for row, hist in enumerate(histories):
+        out[row, : len(hist)] = torch.tensor(hist)
+    return out
+
+
+def left_padded(histories: list[list[int]], width: int) -> torch.Tensor:
+    out = torch.zeros(len(histories), width, dtype=torch.long)
+    for row, hist in enumerate(histories):
+        out[row, width - len(hist) :] = torch.tensor(hist)
+    return out
+
+
+def scattered_pads(histories: list[list[int]]) -> torch.Tensor:
+    """A zero after every click, plus two leading zeros: pads everywhere."""
+    rows = [[0, 0] + [x for item in hist for x in (item, 0)] for hist in histories]
+    return right_padded(rows, max(len(r) for r in rows) + 1)
+
+
+def unpadded_scores(model: SequentialRecommender) -> torch.Tensor:
+    """Each history scored on its own, with no padding at all."""
+    rows = [
+        model.score(torch.tensor([hist]), CANDIDATES[row : row + 1])
+        for row, hist in enumerate(HISTORIES)
+    ]
+    return torch.cat(rows)
+
+
+def test_compact_history_keeps_last_valid_clicks_right_aligned():
+    history = torch.tensor([[0, 1, 0, 2, 3, 0, 4], [0, 0, 0, 0, 0, 0, 5], [0] * 7])
+    compact, lengths = compact_history(history, max_len=3)
+    torch.testing.assert_close(compact, torch.tensor([[2, 3, 4], [5, 0, 0], [0, 0, 0]]))
+    torch.testing.assert_close(lengths, torch.tensor([3, 1, 0]))
+
+
+def test_output_shapes(model):
+    history = right_padded(HISTORIES, 12)
+    assert model.score(history, CANDIDATES).shape == (4, 4)
+    assert model.score_all(history).shape == (4, NUM_ITEMS + 1)
+
+
+def test_padding_does_not_change_scores(model):
+    model.eval()
+    with torch.no_grad():
+        expected = unpadded_scores(model)
+        for history in (
+            right_padded(HISTORIES, 12),
+            right_padded(HISTORIES, 20),  # extra trailing pads
+            left_padded(HISTORIES, 15),
+            scattered_pads(HISTORIES),
+        ):
+            torch.testing.assert_close(model.score(history, CANDIDATES), expected)
+
+
+def test_only_last_max_len_clicks_count(model):
+    model.eval()
+    long_history = torch.tensor([list(range(1, 13))])
+    truncated = long_history[:, -MAX_LEN:]
+    changed_old_click = long_history.clone()
+    changed_old_click[0, 0] = 30  # older than the window: must not matter
+    with torch.no_grad():
+        expected = model.score_all(truncated)
+        torch.testing.assert_close(model.score_all(long_history), expected)
+        torch.testing.assert_close(model.score_all(changed_old_click), expected)
+
+
+def test_scores_depend_on_the_history(model):
+    model.eval()
+    with torch.no_grad():
+        a = model.score_all(torch.tensor([[1, 2, 3]]))
+        b = model.score_all(torch.tensor([[7, 30, 12]]))
+    assert not torch.allclose(a, b)
+
+
+def test_score_all_agrees_with_score(model):
+    model.eval()
+    history = right_padded(HISTORIES, 12)
+    with torch.no_grad():
+        all_scores = model.score_all(history)
+        torch.testing.assert_close(
+            all_scores.gather(1, CANDIDATES), model.score(history, CANDIDATES)
+        )
+
+
+def test_din_score_all_chunking_gives_the_same_scores():
+    torch.manual_seed(0)
+    model = make_din().eval()
+    history = right_padded(HISTORIES, 12)
+    items = torch.arange(NUM_ITEMS + 1).expand(len(HISTORIES), -1)
+    model.config.score_all_chunk_elements = 1  # one item per chunk
+    with torch.no_grad():
+        torch.testing.assert_close(model.score_all(history), model.score(history, items))
+
+
+def synthetic_batches(num_batches: int, batch_size: int, seed: int):
+    """Sequences that count up by one; the next item is the positive, plus 4 random negatives."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(num_batches):
+        length = int(torch.randint(3, MAX_LEN + 1, (1,), generator=gen))
+        start = torch.randint(1, NUM_ITEMS - MAX_LEN - 1, (batch_size, 1), generator=gen)
+        history = start + torch.arange(length)  # [b, length]
+        positive = history[:, -1:] + 1  # [b, 1]
+        negatives = torch.randint(1, NUM_ITEMS + 1, (batch_size, 4), generator=gen)
+        items = torch.cat([positive, negatives], dim=1)
+        labels = torch.zeros(batch_size, 5)
+        labels[:, 0] = 1.0
+        yield history, items, labels
+
+
+def mean_loss(model: SequentialRecommender, batches) -> float:
+    model.eval()
+    with torch.no_grad():
+        return sum(model.loss(*batch).item() for batch in batches) / len(batches)
+
+
+def test_one_epoch_lowers_the_loss(model):
+    torch.manual_seed(0)
+    held_out = list(synthetic_batches(4, 64, seed=1))
+    before = mean_loss(model, held_out)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for history, items, labels in synthetic_batches(40, 32, seed=2):
+        optimizer.zero_grad()
+        loss = model.loss(history, items, labels)
+        loss.backward()
+        optimizer.step()
+    after = mean_loss(model, held_out)
+    assert after < before - 0.01, (before, after)
+
+
+@pytest.mark.parametrize(
+    ("config_class", "kwargs", "match"),
+    [
+        (SASRecConfig, {"num_items": 0}, "num_items"),
+        (SASRecConfig, {"num_items": 5, "hidden_size": 10, "num_heads": 3}, "num_heads"),
+        (SASRecConfig, {"num_items": 5, "num_layers": 0}, "num_layers"),
+        (SASRecConfig, {"num_items": 5, "attn_dropout": 1.0}, "attn_dropout"),
+        (GRU4RecConfig, {"num_items": 5, "num_layers": 0}, "num_layers"),
+        (GRU4RecConfig, {"num_items": 5, "gru_hidden_size": 0}, "gru_hidden_size"),
+        (GRU4RecConfig, {"num_items": 5, "dropout": -0.1}, "dropout"),
+        (DINConfig, {"num_items": 5, "attention_hidden_sizes": ()}, "attention_hidden_sizes"),
+        (DINConfig, {"num_items": 5, "mlp_hidden_sizes": (8, 0)}, "mlp_hidden_sizes"),
+        (DINConfig, {"num_items": 5, "score_all_chunk_elements": 0}, "score_all_chunk_elements"),
+    ],
+)
+def test_config_validation(config_class, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        config_class(**kwargs)
+
+
+def test_din_config_accepts_lists_as_tuples():
+    config = DINConfig(num_items=5, attention_hidden_sizes=[8, 4], mlp_hidden_sizes=[8])
+    assert config.attention_hidden_sizes == (8, 4)
+    assert config.mlp_hidden_sizes == (8,)

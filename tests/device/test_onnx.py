@@ -1,0 +1,124 @@
+"""ONNX export of TTT4Rec's step and scorer, run under onnxruntime, against the torch model."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+
+from device.models.ttt4rec import TTT4Rec, TTT4RecConfig, TTT4RecState
+from device.onnx_export import FORBIDDEN_OPS, export_scorer, export_step
+from device.onnx_runtime import OnnxTTT4Rec
+
+torch.set_num_threads(1)
+
+NUM_ITEMS = 80
+
+
+@pytest.fixture(scope="module")
+def model() -> TTT4Rec:
+    torch.manual_seed(0)
+    config = TTT4RecConfig(
+        num_items=NUM_ITEMS,
+        hidden_size=32,
+        num_heads=2,
+        num_layers=2,
+        mini_batch_size=16,
+        intermediate_size=64,
+        initializer_range=0.1,
+    )
+    model = TTT4Rec(config).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.ttt.token_offset.normal_(0.0, 0.2)
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    """Export once per module, from a model in training mode and float64 (both must survive)."""
+    folder = tmp_path_factory.mktemp("onnx")
+    model.double().train()
+    paths = export_step(model, folder / "step.onnx"), export_scorer(model, folder / "scorer.onnx")
+    untouched = model.training and model.item_embedding.weight.dtype == torch.float64
+    model.float().eval()  # float32 -> float64 -> float32 is exact
+    return paths, untouched
+
+
+@pytest.fixture(scope="module")
+def paths(exported):
+    return exported[0]
+
+
+@pytest.fixture(scope="module")
+def runner(paths) -> OnnxTTT4Rec:
+    return OnnxTTT4Rec(*paths)
+
+
+def clicks(batch: int, length: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    history = torch.randint(1, NUM_ITEMS + 1, (batch, length), generator=generator)
+    history[torch.rand(history.shape, generator=generator) < 0.15] = 0  # idle users
+    return history
+
+
+def test_graphs_are_loop_free_with_opset_17_or_more(paths):
+    for path in paths:
+        graph = onnx.load(str(path))
+        assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
+        assert not {node.op_type for node in graph.graph.node} & FORBIDDEN_OPS
+        assert not graph.functions  # everything inlined in the main graph
+
+
+def test_stream_of_40_clicks_matches_torch(model, runner):
+    history = clicks(3, 40, seed=1)
+    candidates = torch.randint(
+        1, NUM_ITEMS + 1, (3, 50), generator=torch.Generator().manual_seed(2)
+    )
+    torch_state, onnx_state = model.init_state(3), runner.init_state(3)
+    with torch.no_grad():
+        for t in range(history.shape[1]):
+            torch_state, torch_features = model.step(torch_state, history[:, t])
+            onnx_state, onnx_features = runner.step(onnx_state, history[:, t])
+            torch.testing.assert_close(onnx_features, torch_features, rtol=0, atol=1e-4)
+            want = model.score_features(torch_features, candidates)
+            got = runner.score_features(onnx_features, candidates)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    commits = (history != 0).sum(1) // 16
+    assert commits.min() >= 1  # the stream crossed mini-batch boundaries mid-way
+    for name, a, b in zip(TTT4RecState.names(), onnx_state.tensors(), torch_state.tensors()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4, msg=name)
+
+
+def test_dynamic_batch_and_candidate_count(model, runner):
+    history = clicks(1, 5, seed=3)
+    history[0, -1] = 7  # the last click is valid, so F_s is not the initial zeros
+    with torch.no_grad():
+        want = model.encode(history)
+        for count in (1, 7, 50):
+            items = torch.arange(1, count + 1).unsqueeze(0)
+            got = runner.score_features(runner.encode(history), items)
+            assert got.shape == (1, count)
+            torch.testing.assert_close(got, model.score_features(want, items), atol=1e-4, rtol=0)
+
+
+def test_states_move_between_torch_and_onnx(model, runner):
+    history = clicks(2, 30, seed=4)
+    with torch.no_grad():
+        state, _ = model.encode_with_state(history[:, :19])
+        state = TTT4RecState.from_bytes(state.to_bytes())  # as a device would store it
+        for t in range(19, 30):
+            state, features = runner.step(state, history[:, t])
+        torch.testing.assert_close(features, model.encode(history), rtol=0, atol=1e-4)
+
+
+def test_init_state_from_metadata(model, runner):
+    want = model.init_state(4)
+    got = runner.init_state(4)
+    for a, b in zip(got.tensors(), want.tensors()):
+        assert torch.equal(a, b)
+    assert runner.config["num_items"] == NUM_ITEMS
+
+
+def test_export_leaves_model_untouched(exported):
+    assert exported[1]
