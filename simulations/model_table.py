@@ -35,6 +35,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="training examples per user per epoch (0 = every prefix)",
     )
     parser.add_argument("--synthetic-users", type=int, default=500)
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="MODEL:KEY=VALUE",
+        help="a config field of one model, e.g. ttt4rec:num_layers=2 (repeatable)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/model_table")
     return parser.parse_args(argv)
@@ -51,7 +58,11 @@ def run_one(name: str, seed: int, dataset, loo, negatives, args) -> dict:
 
     torch.manual_seed(seed)
     model = build_model(
-        name, num_items=dataset.num_items, hidden_size=args.hidden_size, max_len=args.max_len
+        name,
+        num_items=dataset.num_items,
+        hidden_size=args.hidden_size,
+        max_len=args.max_len,
+        **model_options(name, args.option),
     )
     valid = ValidationSet.build(
         loo.valid_history, loo.valid_target, dataset.num_items, max_len=args.max_len, seed=seed
@@ -74,6 +85,15 @@ def run_one(name: str, seed: int, dataset, loo, negatives, args) -> dict:
         "sampled": evaluate_sampled(model, histories, loo.test_target, negatives[loo.users]),
         "full": evaluate_full(model, histories, loo.test_target, exclude=loo.test_history),
     }
+
+
+def model_options(name: str, options: list[str]) -> dict:
+    """Typed config fields for `name` from `MODEL:KEY=VALUE` options."""
+    from cli.train_srm import parse_options
+    from device.models import get_model_class
+
+    mine = [o.split(":", 1)[1] for o in options if o.split(":", 1)[0] == name]
+    return parse_options(get_model_class(name).config_class, mine)
 
 
 def aggregate(runs: list[dict]) -> dict:

@@ -1,0 +1,375 @@
+"""One user's device: history, the SRM's carried state, the cached list and the request policy.
+
+A stream step on the device (DESIGN.md §3) is
+
+    session.serve_step(fetch)   # ask the policy, maybe fetch a fresh list, rerank, show top-k
+    session.observe(click)      # history grows, the SRM state takes its step
+
+`fetch` is any callable `fetch(history)` returning a `CandidateList`, or a result object
+with `ok` and `candidates` attributes such as the gRPC client's `FetchResult` (so
+`session.request_fresh(client.fetch)` works as is). It may fail, by returning None or a
+result that is not ok, or by raising one of the session's recoverable errors (`FetchError`,
+`ConnectionError`, `TimeoutError` by default); the session then keeps
+reranking its cached list, waits a doubling number of steps before asking again, and never
+loses a click: clicks go to the history and the SRM state whatever happens to requests.
+
+The SRM sits behind `SRMRunner` (`init_state`, `step`, `score_items`), so a torch model that
+carries a state (TTT4Rec), its onnxruntime twin (`OnnxTTT4Rec`) and a model that re-reads the
+history (SASRec, GRU4Rec, DIN) all plug in the same way; `make_runner` picks the adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from device.fusion import Fusion, RankSigmoidFusion, rerank
+from device.policies import AlwaysPolicy, PolicyObservation, RequestPolicy
+from shared.candidates import CandidateList
+
+FetchFn = Callable[[np.ndarray], Any]  # -> CandidateList | a FetchResult-like | None
+
+
+class FetchError(RuntimeError):
+    """A candidate request failed in a way the device should ride out (raise it from `fetch`)."""
+
+
+def _unwrap(result: Any) -> tuple[CandidateList | None, FetchError | None]:
+    """The usable list in a fetch's return value, or None and why not.
+
+    Raises:
+        TypeError: neither a `CandidateList`, an object with `ok`/`candidates`, nor None.
+    """
+    if result is None:
+        return None, FetchError("fetch returned None")
+    if not isinstance(result, CandidateList):
+        if not (hasattr(result, "ok") and hasattr(result, "candidates")):
+            raise TypeError(f"fetch returned a {type(result).__name__}, not a CandidateList")
+        if not result.ok or result.candidates is None:
+            return None, FetchError(getattr(result, "message", "") or "fetch failed")
+        result = result.candidates
+    if not isinstance(result, CandidateList):
+        raise TypeError(f"fetch result holds a {type(result).__name__}, not a CandidateList")
+    if len(result) == 0:
+        return None, FetchError("fetch returned an empty list")
+    return result, None
+
+
+# ---------------------------------------------------------------- SRM adapters
+
+
+class SRMRunner(Protocol):
+    """What the session needs from an SRM, whatever runs it."""
+
+    def init_state(self) -> Any:
+        """The carried state of a user with no clicks."""
+
+    def step(self, state: Any, item: int) -> Any:
+        """The state after one more click `item`."""
+
+    def score_items(self, state: Any, history: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """`[C]` logits of `items` given the state (or, for stateless models, the history)."""
+
+
+class StatefulRunner:
+    """Adapter for a model with `init_state(B)`, `step(state, items[B])` and `score_features`.
+
+    Works for `TTT4Rec` (torch) and `OnnxTTT4Rec` (onnxruntime) alike: the carried state is
+    `(model_state, F_s)`, one click costs one `step`, whatever the history length.
+    """
+
+    def __init__(self, model: Any) -> None:
+        for method in ("init_state", "step", "score_features"):
+            if not callable(getattr(model, method, None)):
+                raise ValueError(f"{type(model).__name__} has no {method}(); use HistoryRunner")
+        if isinstance(model, torch.nn.Module):
+            model.eval()  # no dropout on the device
+        self.model = model
+
+    def init_state(self) -> tuple[Any, torch.Tensor]:
+        state = self.model.init_state(1)
+        return state, state.feature
+
+    @torch.no_grad()
+    def step(self, state: tuple[Any, torch.Tensor], item: int) -> tuple[Any, torch.Tensor]:
+        new_state, features = self.model.step(state[0], torch.tensor([item], dtype=torch.long))
+        return new_state, features
+
+    @torch.no_grad()
+    def score_items(
+        self, state: tuple[Any, torch.Tensor], history: np.ndarray, items: np.ndarray
+    ) -> np.ndarray:
+        candidates = torch.as_tensor(np.asarray(items, dtype=np.int64))[None]  # [1, C]
+        logits = self.model.score_features(state[1], candidates)  # [1, C]
+        return logits[0].detach().cpu().numpy().astype(np.float64)
+
+
+class HistoryRunner:
+    """Adapter for a model without carried state: re-reads the last `max_len` clicks.
+
+    The state is None; `score_items` calls `model.score(history, items)`.
+    """
+
+    def __init__(self, model: torch.nn.Module, max_len: int | None = None) -> None:
+        if max_len is not None and max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        model.eval()  # no dropout on the device
+        self.model = model
+        self.max_len = max_len or getattr(getattr(model, "config", None), "max_len", None)
+
+    def init_state(self) -> None:
+        return None
+
+    def step(self, state: None, item: int) -> None:
+        return None
+
+    @torch.no_grad()
+    def score_items(self, state: None, history: np.ndarray, items: np.ndarray) -> np.ndarray:
+        recent = np.asarray(history, dtype=np.int64)
+        recent = recent[-self.max_len :] if self.max_len else recent
+        if recent.size == 0:
+            recent = np.zeros(1, dtype=np.int64)  # all padding: the model's empty-history answer
+        hist = torch.as_tensor(recent)[None]  # [1, L]
+        candidates = torch.as_tensor(np.asarray(items, dtype=np.int64))[None]  # [1, C]
+        return self.model.score(hist, candidates)[0].detach().cpu().numpy().astype(np.float64)
+
+
+def make_runner(model: Any) -> SRMRunner:
+    """`StatefulRunner` for models that carry a state (`stateful = True`), else `HistoryRunner`."""
+    if getattr(model, "stateful", False):
+        return StatefulRunner(model)
+    return HistoryRunner(model)
+
+
+# ---------------------------------------------------------------- the session
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Knobs of one device session."""
+
+    top_k: int = 10  # items shown per step (recommend's default k)
+    request_history: int = 50  # L: most recent clicks sent with a request (DESIGN.md §3)
+    backoff_steps: int = 1  # steps to wait after a failed request before the next try
+    max_backoff_steps: int = 16  # the wait doubles after each failure up to this
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.request_history < 1:
+            raise ValueError(f"request_history must be >= 1, got {self.request_history}")
+        if self.backoff_steps < 0:
+            raise ValueError(f"backoff_steps must be >= 0, got {self.backoff_steps}")
+        if self.max_backoff_steps < self.backoff_steps:
+            raise ValueError(
+                f"max_backoff_steps must be >= backoff_steps={self.backoff_steps}, "
+                f"got {self.max_backoff_steps}"
+            )
+
+
+@dataclass(frozen=True)
+class CachedList:
+    """The candidate list the device holds and the step it arrived at."""
+
+    candidates: CandidateList
+    fetched_at: int  # session step when the list was stored
+
+    @property
+    def items(self) -> np.ndarray:
+        return self.candidates.items
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.candidates.scores
+
+    @property
+    def ranks(self) -> np.ndarray:
+        """`[N]` 0-based LLM ranks (lists arrive best first)."""
+        return np.arange(len(self.candidates))
+
+
+@dataclass
+class SessionStats:
+    """Request counters of one session (the initial list counts as a request too)."""
+
+    requests: int = 0  # fetch calls made
+    failures: int = 0  # of which failed (raised a recoverable error, returned None or empty)
+
+
+class DeviceSession:
+    """One user's device state and the per-step logic.
+
+    Args:
+        runner: the SRM behind its adapter (see `make_runner`).
+        policy: decides when to request; `AlwaysPolicy()` if None.
+        fusion: merges LLM ranks and SRM scores; LSC4Rec's α = 0.5 fusion if None.
+        config: session knobs.
+        history: clicks before the session starts (folded into the SRM state, not counted
+            as steps).
+        candidates: the initial cached list, if the device already has one.
+        recoverable: exception types from `fetch` that mean "keep the cache, retry later";
+            anything else is a bug and propagates.
+    """
+
+    def __init__(
+        self,
+        runner: SRMRunner,
+        policy: RequestPolicy | None = None,
+        fusion: Fusion | None = None,
+        config: SessionConfig | None = None,
+        history: Iterable[int] = (),
+        candidates: CandidateList | None = None,
+        recoverable: tuple[type[BaseException], ...] = (FetchError, ConnectionError, TimeoutError),
+    ) -> None:
+        self.runner = runner
+        self.policy = AlwaysPolicy() if policy is None else policy
+        self.fusion = RankSigmoidFusion() if fusion is None else fusion
+        self.config = SessionConfig() if config is None else config
+        self.recoverable = recoverable
+        self.stats = SessionStats()
+        self.step = 0  # stream steps (clicks) since the session started
+        self.cached: CachedList | None = None
+        self.last_error: BaseException | None = None
+        self.last_fetch: Any = None  # what the last fetch call returned
+        self._history: list[int] = []
+        self._state = runner.init_state()
+        self._logits: np.ndarray | None = None  # SRM logits of the cached list, this step
+        self._backoff = self.config.backoff_steps
+        self._retry_at = 0  # first step at which a request may be made again
+        for item in history:
+            self._fold_click(item)
+        if candidates is not None:
+            self.update_candidates(candidates)
+
+    @property
+    def history(self) -> np.ndarray:
+        """`[H]` every click so far, oldest first (a copy)."""
+        return np.asarray(self._history, dtype=np.int64)
+
+    @property
+    def state(self) -> Any:
+        """The SRM runner's carried state (None for models that re-read the history)."""
+        return self._state
+
+    def _fold_click(self, item: int) -> None:
+        item = int(item)
+        if item < 1:
+            raise ValueError(f"clicked item ids are >= 1, got {item}")
+        # History first: if the SRM step raised, the click would still be kept.
+        self._history.append(item)
+        self._logits = None
+        self._state = self.runner.step(self._state, item)
+
+    def observe(self, click: int) -> None:
+        """Record one click: the history grows and the SRM state takes its step.
+
+        Raises:
+            ValueError: `click` is not a valid item id (>= 1).
+        """
+        self._fold_click(click)
+        self.step += 1
+
+    # ------------------------------------------------------------ the cached list
+
+    def srm_logits(self) -> np.ndarray:
+        """`[N]` SRM logits of the cached list's items (computed once per step)."""
+        if self.cached is None:
+            return np.zeros(0)
+        if self._logits is None:
+            self._logits = self.runner.score_items(self._state, self.history, self.cached.items)
+        return self._logits
+
+    def observation(self) -> PolicyObservation:
+        """What the policy sees now.
+
+        Raises:
+            RuntimeError: no candidate list is cached yet.
+        """
+        if self.cached is None:
+            raise RuntimeError("no candidate list cached yet")
+        return PolicyObservation(
+            step=self.step,
+            steps_since_request=self.step - self.cached.fetched_at,
+            items=self.cached.items,
+            llm_scores=self.cached.scores,
+            srm_logits=self.srm_logits(),
+            history=self.history,
+        )
+
+    def recommend(self, k: int | None = None) -> np.ndarray:
+        """Top-`k` items (default `config.top_k`): the cached list reranked, history removed.
+
+        Returns an empty array while no list is cached.
+        """
+        k = self.config.top_k if k is None else k
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if self.cached is None:
+            return np.zeros(0, dtype=np.int64)
+        return rerank(self.cached.candidates, self.srm_logits(), self._history, self.fusion, k)
+
+    def update_candidates(self, candidates: CandidateList) -> None:
+        """Cache a new list, stamped with the current step.
+
+        Raises:
+            TypeError: not a `CandidateList`.
+            ValueError: an empty list.
+        """
+        if not isinstance(candidates, CandidateList):
+            raise TypeError(f"expected a CandidateList, got {type(candidates).__name__}")
+        if len(candidates) == 0:
+            raise ValueError("an empty candidate list cannot replace the cache")
+        self.cached = CachedList(candidates, fetched_at=self.step)
+        self._logits = None
+
+    # ------------------------------------------------------------ requests
+
+    def needs_refresh(self) -> bool:
+        """Whether to request now: always without a list, else the policy (ask once per step).
+
+        The policy is asked at every step, even while backing off after a failure, so its
+        own state (random stream, budget window) moves on exactly as without failures.
+        """
+        wanted = True if self.cached is None else self.policy.decide(self.observation())
+        return wanted and self.step >= self._retry_at
+
+    def request_fresh(self, fetch: FetchFn) -> bool:
+        """Ask `fetch` for a fresh list with the last `request_history` clicks.
+
+        Returns:
+            True when a new list was cached; False when the request failed (the cached list,
+            if any, stays, and the next try waits out the back-off). `last_fetch` keeps what
+            `fetch` returned (e.g. the client's `FetchResult` with its latency).
+        Raises:
+            TypeError: `fetch` returned something other than a list, a result or None.
+            Any exception from `fetch` not listed in `recoverable`.
+        """
+        self.stats.requests += 1
+        try:
+            self.last_fetch = fetch(self.history[-self.config.request_history :])
+        except self.recoverable as err:
+            self._on_failure(err)
+            return False
+        fresh, error = _unwrap(self.last_fetch)
+        if fresh is None:
+            self._on_failure(error)
+            return False
+        self.update_candidates(fresh)
+        self._backoff, self._retry_at, self.last_error = self.config.backoff_steps, 0, None
+        return True
+
+    def _on_failure(self, error: BaseException | None) -> None:
+        self.stats.failures += 1
+        self.last_error = error
+        self._retry_at = self.step + self._backoff
+        self._backoff = min(max(2 * self._backoff, 1), self.config.max_backoff_steps)
+
+    def serve_step(self, fetch: FetchFn, k: int | None = None) -> np.ndarray:
+        """Steps 1–2 of a stream step: maybe request, then return the top-`k` items."""
+        if self.needs_refresh():
+            self.request_fresh(fetch)
+        return self.recommend(k)
