@@ -48,6 +48,31 @@ def add_parser(subparsers) -> None:
         choices=("full", "sampled"),
         help="protocol of the validation metric that keeps the best epoch",
     )
+    parser.add_argument(
+        "--collaborative",
+        action="store_true",
+        help="then train with the LLM's candidate lists as hard negatives (LSC4Rec step 3)",
+    )
+    parser.add_argument("--llm", default=None, help="generator folder for --collaborative")
+    parser.add_argument(
+        "--init",
+        default=None,
+        help="start from this SRM checkpoint instead of training alone first",
+    )
+    parser.add_argument("--collab-epochs", type=int, default=5, help="cooperative epochs")
+    parser.add_argument(
+        "--collab-per-user",
+        type=int,
+        default=5,
+        help="LLM lists per user (before each of the newest clicks)",
+    )
+    parser.add_argument(
+        "--adaptive-epochs",
+        type=int,
+        default=1,
+        help="adaptive re-training epochs on the newest clicks (0 = off)",
+    )
+    parser.add_argument("--cache-dir", default="runs/cache", help="where LLM lists are cached")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.set_defaults(func=run)
@@ -83,11 +108,13 @@ def parse_options(config_class, options: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from device.checkpoint import save_srm
+    from device.checkpoint import load_srm, save_srm
     from device.models import build_model, get_model_class
     from device.training import TrainConfig, ValidationSet, train_srm
     from shared.splits import split_stream
 
+    if args.collaborative and not args.llm:
+        raise ValueError("--collaborative needs --llm DIR (a generator folder from train-llm)")
     if args.threads:
         torch.set_num_threads(args.threads)
     config = TrainConfig(
@@ -112,33 +139,86 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     torch.manual_seed(args.seed)
-    model = build_model(
-        args.model,
-        num_items=dataset.num_items,
-        hidden_size=args.hidden_size,
-        max_len=args.max_len,
-        **options,
-    )
+    if args.init:
+        model = load_srm(args.init)
+        print(f"starting from {args.init} ({model.name}); skipping training alone")
+    else:
+        model = build_model(
+            args.model,
+            num_items=dataset.num_items,
+            hidden_size=args.hidden_size,
+            max_len=args.max_len,
+            **options,
+        )
     print(
-        f"training {args.model} on {dataset.name}: {sum(len(s) for s in split.train):,} "
+        f"training {model.name} on {dataset.name}: {sum(len(s) for s in split.train):,} "
         f"training interactions, {len(users)} validation users"
     )
-    result = train_srm(model, split.train, valid, config, on_epoch=_print_epoch)
+    log = {"dataset": dataset.name, "model": model.name, "stages": {}}
+    if not args.init:
+        result = train_srm(model, split.train, valid, config, on_epoch=_print_epoch)
+        log["stages"]["alone"] = _stage_log(result, config.select_protocol)
+    if args.collaborative:
+        log["stages"].update(_collaborative_stages(args, model, split, valid, config))
     out = save_srm(model, args.out)
-    log = {
-        "dataset": dataset.name,
-        "model": args.model,
+    (Path(out) / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
+    for name, stage in log["stages"].items():
+        print(
+            f"{name}: best epoch {stage['best_epoch']}, {config.select_metric} = "
+            f"{stage['best_metric']:.4f} ({stage['protocol']} ranking)"
+        )
+    print(f"checkpoint in {out}")
+    return 0
+
+
+def _stage_log(result, protocol: str) -> dict:
+    return {
         "best_epoch": result.best_epoch,
-        f"best_{config.select_metric}": result.best_metric,
+        "best_metric": result.best_metric,
+        "protocol": protocol,
         "epochs": result.epochs,
         "train_config": result.config,
     }
-    (Path(out) / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
-    print(
-        f"best epoch {result.best_epoch}: {config.select_metric} = {result.best_metric:.4f} "
-        f"({config.select_protocol} ranking); checkpoint in {out}"
+
+
+def _collaborative_stages(args, model, split, valid, config) -> dict:
+    """LSC4Rec steps 3 and 4 with the frozen generator in `args.llm`."""
+    from cloud.generator import CandidateGenerator
+    from device.collaborative import (
+        CollaborativeConfig,
+        cached_candidate_examples,
+        train_collaborative,
     )
-    return 0
+
+    generator = CandidateGenerator.from_pretrained(args.llm)
+    n = min(50, generator.num_items - 1)
+
+    def generate(histories):
+        return generator.generate(histories, n=n)
+
+    cache = Path(args.cache_dir)
+    examples = cached_candidate_examples(
+        generate, generator.model_version, split.train, cache, per_user=args.collab_per_user, n=n
+    )
+    users = split.stream_users
+    valid_lists = cached_candidate_examples(
+        generate,
+        generator.model_version,
+        [split.history_at_stream_start(u) for u in users],
+        cache,
+        per_user=1,
+        n=n,
+    )
+    valid = valid.with_lists(valid_lists.candidates)
+    collab = CollaborativeConfig(
+        per_user=args.collab_per_user,
+        epochs=args.collab_epochs,
+        adaptive_epochs=args.adaptive_epochs,
+    )
+    print(f"cooperative training on {len(examples.users):,} LLM candidate lists")
+    print(f"  before: inside the LLM lists, {valid.evaluate(model, 'list')}")
+    results = train_collaborative(model, split.train, valid, examples, config, collab, _print_epoch)
+    return {name: _stage_log(result, "list") for name, result in results.items()}
 
 
 def _print_epoch(epoch: int, record: dict) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from device.models.base import SequentialRecommender
-from shared.metrics import full_ranking_ranks, sampled_ranks, summarize
+from shared.metrics import full_ranking_ranks, sampled_ranks, scored_list_ranks, summarize
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence
 
@@ -96,6 +96,33 @@ def evaluate_full(
         _check_finite_targets(scores[np.arange(len(t_np)), t_np])
         masks = h.cpu().numpy() if exclude is None else exclude[rows]
         ranks.append(full_ranking_ranks(scores, t_np, masks))
+    return _summarize(ranks, ks)
+
+
+def evaluate_in_lists(
+    model: SequentialRecommender,
+    histories: ArrayLike,
+    targets: ArrayLike,
+    lists: ArrayLike,
+    ks: Sequence[int] = (5, 10),
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Rank each target inside its candidate list by the model's scores (protocol (c)).
+
+    Args:
+        lists: `[U, N]` candidate items (0 = padding); a target missing from its list scores 0.
+    Returns:
+        Mean HR@K, NDCG@K, MRR@K over users.
+    """
+    hist, tgt = _check_pairs(histories, targets)
+    cand = _as_long(lists)
+    if cand.dim() != 2 or cand.size(0) != hist.size(0):
+        raise ValueError(f"lists must be [U={hist.size(0)}, N], got {tuple(cand.shape)}")
+    ranks = []
+    for rows, h, t in _batches(model, hist, tgt, batch_size):
+        items = cand[rows].to(h.device)
+        scores = _to_numpy(model.score(h, items))  # [u, N]
+        ranks.append(scored_list_ranks(items.cpu().numpy(), scores, t.cpu().numpy()))
     return _summarize(ranks, ks)
 
 

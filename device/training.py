@@ -10,19 +10,20 @@ each with `num_negatives` items the user never clicked (1:4 as both papers train
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from device.evaluation import evaluate_full, evaluate_sampled
+from device.evaluation import evaluate_full, evaluate_in_lists, evaluate_sampled
 from device.models.base import SequentialRecommender
 from shared.batching import NextItemBatcher, fixed_eval_negatives, pad_histories
 
-PROTOCOLS = ("full", "sampled")
+PROTOCOLS = ("full", "sampled", "list")
 
 
 @dataclass
@@ -36,7 +37,7 @@ class TrainConfig:
     prefixes_per_user: int = 0  # >0: at most this many (prefix -> next) examples per user per epoch
     seed: int = 0  # fixes initialisation, example order and negatives
     select_metric: str = "NDCG@10"  # validation metric that picks the best epoch
-    select_protocol: str = "full"  # "full" ranking or "sampled" 1:99 for model selection
+    select_protocol: str = "full"  # "full" ranking, "sampled" 1:99, or inside LLM "list"s
     patience: int = 0  # stop after this many epochs without improvement (0 = never)
     grad_clip: float = 5.0  # max gradient norm; keeps the TTT inner loop stable early on
     progress: bool = True  # show tqdm bars
@@ -64,6 +65,7 @@ class ValidationSet:
     targets: np.ndarray  # [U]
     negatives: np.ndarray | None = None  # [U, 99] fixed negatives, for select_protocol="sampled"
     exclude: list[np.ndarray] | None = None  # per row, items masked in full ranking (whole history)
+    lists: np.ndarray | None = None  # [U, N] the LLM's candidate lists, for protocol "list"
 
     @classmethod
     def build(
@@ -83,7 +85,15 @@ class ValidationSet:
             pad_histories(histories, max_len), np.asarray(targets), negatives, full_histories
         )
 
+    def with_lists(self, lists: np.ndarray) -> ValidationSet:
+        """The same pairs with the LLM's candidate list of each row (for protocol "list")."""
+        return dataclasses.replace(self, lists=np.asarray(lists, dtype=np.int64))
+
     def evaluate(self, model: SequentialRecommender, protocol: str) -> dict[str, float]:
+        if protocol == "list":
+            if self.lists is None:
+                raise ValueError('protocol "list" needs candidate lists (ValidationSet.with_lists)')
+            return evaluate_in_lists(model, self.histories, self.targets, self.lists)
         if protocol == "sampled":
             return evaluate_sampled(model, self.histories, self.targets, self.negatives)
         return evaluate_full(model, self.histories, self.targets, exclude=self.exclude)
@@ -103,6 +113,7 @@ def train_srm(
     valid: ValidationSet,
     config: TrainConfig,
     on_epoch: Callable[[int, dict], None] | None = None,
+    batcher: Iterable | None = None,
 ) -> TrainResult:
     """Train `model` in place; on return it holds the weights of the best validation epoch.
 
@@ -112,11 +123,13 @@ def train_srm(
         valid: the validation pairs that select the best epoch.
         config: optimisation settings.
         on_epoch: called after each epoch with (epoch, record).
+        batcher: batches to train on instead of the default (prefix → next item, 1:K sampled
+            negatives), e.g. `device.collaborative.CandidateBatcher` for cooperative training.
     Returns:
         The best epoch, its metric and a per-epoch log.
     """
     torch.manual_seed(config.seed)
-    batcher = NextItemBatcher(
+    batcher = batcher or NextItemBatcher(
         train_sequences,
         model.config.num_items,
         max_len=config.max_len,

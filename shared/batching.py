@@ -95,7 +95,7 @@ class NextItemBatcher:
         num_negatives: negatives per positive (1:4 by default, as both papers train).
         batch_size: examples per batch.
         seed: fixes the order and the negatives of every epoch.
-        last_only: use only each sequence's final item as target (fast fine-tuning).
+        newest: if > 0, use only each sequence's newest `newest` targets (adaptive fine-tuning).
         prefixes_per_user: if set, each epoch uses at most this many target positions per
             user, drawn afresh every epoch (bounds an epoch's cost on long histories).
     """
@@ -108,7 +108,7 @@ class NextItemBatcher:
         num_negatives: int = 4,
         batch_size: int = 256,
         seed: int = 0,
-        last_only: bool = False,
+        newest: int = 0,
         prefixes_per_user: int | None = None,
     ) -> None:
         if num_negatives < 0 or batch_size < 1 or max_len < 1:
@@ -121,15 +121,16 @@ class NextItemBatcher:
         self.num_negatives, self.batch_size = num_negatives, batch_size
         self.known = UserItemIndex(self.sequences, num_items)
         self.rng = np.random.default_rng(seed)
-        self.examples = self._index_examples(last_only)  # [E, 2] (user, target position)
+        self.examples = self._index_examples(newest)  # [E, 2] (user, target position)
         self.prefixes_per_user = prefixes_per_user
 
-    def _index_examples(self, last_only: bool) -> np.ndarray:
+    def _index_examples(self, newest: int) -> np.ndarray:
         pairs = []
         for user, seq in enumerate(self.sequences):
             if len(seq) < 2:
                 continue
-            positions = [len(seq) - 1] if last_only else range(1, len(seq))
+            first = max(1, len(seq) - newest) if newest > 0 else 1
+            positions = range(first, len(seq))
             pairs += [(user, p) for p in positions]
         return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 

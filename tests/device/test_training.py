@@ -71,11 +71,11 @@ def test_train_srm_cli_writes_a_loadable_checkpoint(tmp_path, capsys):
     ]
     assert main(argv) == 0
     log = json.loads((out / "training_log.json").read_text())
-    assert log["best_epoch"] == 1 and log["model"] == "gru4rec"
+    assert log["stages"]["alone"]["best_epoch"] == 1 and log["model"] == "gru4rec"
     model = load_srm(out)
     scores = model.score(torch.tensor([[1, 2, 3]]), torch.tensor([[4, 5]]))
     assert scores.shape == (1, 2) and torch.isfinite(scores).all()
-    assert "best epoch 1" in capsys.readouterr().out
+    assert "alone: best epoch 1" in capsys.readouterr().out
 
 
 def test_train_srm_cli_rejects_unknown_option(tmp_path, capsys):
