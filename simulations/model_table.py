@@ -44,6 +44,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/model_table")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="only merge the runs of earlier outputs (e.g. parallel jobs) into --out",
+    )
     return parser.parse_args(argv)
 
 
@@ -138,6 +145,15 @@ def main(argv=None) -> int:
     from shared.splits import leave_one_out, split_stream
 
     args = parse_args(argv)
+    if args.merge:
+        runs = [
+            r
+            for d in args.merge
+            for r in json.loads((Path(d) / "model_table.json").read_text())["runs"]
+        ]
+        dataset_name = json.loads((Path(args.merge[0]) / "model_table.json").read_text())["dataset"]
+        seeds = sorted({r["seed"] for r in runs})
+        return write_outputs(runs, dataset_name, seeds, args)
     torch.set_num_threads(args.threads)
     options = {"num_users": args.synthetic_users} if args.dataset == "synthetic" else {}
     dataset = load_dataset(args.dataset, **options)
@@ -153,17 +169,17 @@ def main(argv=None) -> int:
                 f"{name} seed {seed}: sampled NDCG@10 {r['sampled']['NDCG@10']:.4f}, "
                 f"full NDCG@10 {r['full']['NDCG@10']:.4f} ({r['train_seconds']:.0f}s)"
             )
+    return write_outputs(runs, args.dataset, args.seeds, args)
+
+
+def write_outputs(runs: list[dict], dataset: str, seeds: list[int], args) -> int:
     summary = aggregate(runs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(summary, args.dataset, args.seeds)
+    text = markdown(summary, dataset, seeds)
     (out / "model_table.md").write_text(text)
-    (out / "model_table.json").write_text(
-        json.dumps(
-            {"dataset": args.dataset, "args": vars(args), "runs": runs, "summary": summary},
-            indent=2,
-        )
-    )
+    payload = {"dataset": dataset, "args": vars(args), "runs": runs, "summary": summary}
+    (out / "model_table.json").write_text(json.dumps(payload, indent=2))
     print(text)
     return 0
 
