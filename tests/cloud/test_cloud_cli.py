@@ -1,0 +1,107 @@
+"""`lsc4rec train-llm` and `lsc4rec candidates` end to end on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli.main import main
+
+TINY = ["--d-model", "16", "--layers", "1", "--heads", "2", "--d-ff", "32", "--max-history", "8"]
+FAST = ["--epochs", "1", "--samples-per-epoch", "32", "--batch-size", "16", "--max-eval-users", "4"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("llm") / "model"
+    argv = ["train-llm", "--dataset", "synthetic", "--synthetic-users", "20", "--out", str(out)]
+    assert main(argv + TINY + FAST) == 0
+    return out
+
+
+def test_train_llm_writes_a_loadable_folder(model_dir):
+    log = json.loads((model_dir / "training_log.json").read_text())
+    assert log["dataset"] == "synthetic" and log["best_epoch"] == 1
+    assert (model_dir / "generator.json").is_file() and (model_dir / "tokenizer").is_dir()
+
+
+def test_candidates_prints_a_ranked_table(model_dir, capsys):
+    assert main(["candidates", "--model", str(model_dir), "--history", "3, 7,9", "-n", "5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "5 candidates" in lines[0] and lines[1].split()[:3] == ["rank", "item", "log-prob"]
+    rows = [line.split() for line in lines[2:]]
+    assert [r[0] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert not {"3", "7", "9"} & {r[1] for r in rows}
+
+
+def test_candidates_json(model_dir, capsys):
+    assert (
+        main(["candidates", "--model", str(model_dir), "--history", "4", "-n", "3", "--json"]) == 0
+    )
+    payload = json.loads(capsys.readouterr().out)
+    assert len(payload["items"]) == 3 and 4 not in payload["items"]
+
+
+@pytest.mark.parametrize(
+    ("history", "n", "message"),
+    [
+        ("1,x", "5", "'x' is not an item id"),
+        (",", "5", "--history is empty"),
+        ("1,100000", "5", "unknown item id 100000"),
+        ("1,2", "0", "n must be"),
+    ],
+)
+def test_candidates_bad_input_exits_2(model_dir, capsys, history, n, message):
+    assert main(["candidates", "--model", str(model_dir), "--history", history, "-n", n]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_model_folder_exits_2(tmp_path, capsys):
+    assert main(["candidates", "--model", str(tmp_path / "none"), "--history", "1"]) == 2
+    assert "not a generator folder" in capsys.readouterr().err
+
+
+def test_bad_train_options_exit_2(tmp_path, capsys):
+    argv = ["train-llm", "--dataset", "synthetic", "--out", str(tmp_path / "m"), "--heads", "3"]
+    assert main(argv + TINY[:2]) == 2
+    assert "divisible" in capsys.readouterr().err
+
+
+def test_candidate_table_script(model_dir, tmp_path, capsys):
+    from simulations import candidate_table
+
+    out = tmp_path / "table"
+    argv = ["--model", str(model_dir), "--dataset", "synthetic", "--synthetic-users", "20"]
+    assert candidate_table.main(argv + ["-n", "10", "--out", str(out)]) == 0
+    payload = json.loads((out / "candidate_table.json").read_text())
+    names = [row["name"] for row in payload["rows"]]
+    assert names[0].startswith("LLM generator") and names[1] == "most popular"
+    assert all(0.0 <= row["Recall@10"] <= 1.0 for row in payload["rows"])
+    assert "| most popular |" in capsys.readouterr().out
+
+
+def test_latency_benchmark_script(model_dir, tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "benchmarks" / "llm_latency.py"
+    spec = importlib.util.spec_from_file_location("llm_latency", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "llm_latency", bench)  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    out = tmp_path / "lat.json"
+    argv = ["--model", str(model_dir), "--dataset", "synthetic", "--synthetic-users", "20"]
+    argv += ["--requests", "4", "--batch-sizes", "1", "2", "-n", "5", "--warmup", "1"]
+    assert (
+        bench.main(argv + ["--searches", "trie", "hf", "--hf-requests", "2", "--out", str(out)])
+        == 0
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["search"], r["batch"]) for r in rows] == [
+        ("trie", 1),
+        ("trie", 2),
+        ("hf", 1),
+        ("hf", 2),
+    ]

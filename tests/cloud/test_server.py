@@ -1,0 +1,555 @@
+"""The gRPC server against a real tiny generator on a loopback port (bound to port 0)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from cli.main import main as cli_main
+from cli.serve import read_token
+from cloud.config import BackboneConfig, GeneratorConfig
+from cloud.generator import CandidateGenerator
+from cloud.server import SERVICE_NAME, ServerConfig, create_server
+from cloud.servicer import CandidateRequest, run_batch
+from cloud.training import TrainConfig, train_generator
+from protos.lsc4rec.v1 import candidates_pb2 as pb
+from protos.lsc4rec.v1 import candidates_pb2_grpc as pb_grpc
+from shared.candidates import CandidateList
+from shared.datasets.synthetic import make_synthetic
+from shared.splits import split_stream
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+N = 10  # candidates per request here: the tiny catalogue has 120 items
+TIMEOUT = 30.0  # generous deadline for calls that must succeed on a busy machine
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def build_tiny_generator() -> CandidateGenerator:
+    """A tiny T5 generator after a few training steps on synthetic data (about a second)."""
+    torch.set_num_threads(1)
+    dataset = make_synthetic(num_users=30, num_items=120, min_length=16, max_length=40, seed=3)
+    split = split_stream(dataset)
+    backbone = BackboneConfig(d_model=16, num_layers=1, num_decoder_layers=1, num_heads=2, d_ff=32)
+    config = GeneratorConfig(backbone=backbone, max_history=8, num_beams=N)
+    generator = CandidateGenerator.create(config, split.train, dataset.num_items, seed=0)
+    train = TrainConfig(
+        epochs=1, batch_size=16, samples_per_epoch=48, max_eval_users=6, eval_n=N, progress=False
+    )
+    train_generator(generator, split, train)
+    return generator
+
+
+@pytest.fixture(scope="module")
+def generator() -> CandidateGenerator:
+    return build_tiny_generator()
+
+
+class GatedGenerator:
+    """Wraps a generator: records what it computes and can hold a batch until released."""
+
+    def __init__(self, inner: CandidateGenerator) -> None:
+        self.inner = inner
+        self.num_items = inner.num_items
+        self.model_version = inner.model_version
+        self.seen: list[list[int]] = []
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def generate(self, histories, n=50):
+        self.seen.extend(np.asarray(h).tolist() for h in histories)
+        self.entered.set()
+        assert self.release.wait(TIMEOUT), "the test never released the batch"
+        return self.inner.generate(histories, n=n)
+
+
+@pytest.fixture
+def start_server():
+    """Factory: a started server on a free loopback port, a stub and its channel."""
+    started = []
+
+    def start(generator, config: ServerConfig | None = None):
+        config = config or ServerConfig(default_n=N, grace_s=5.0)
+        server, port = create_server(generator, "127.0.0.1:0", config)
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        started.append((server, channel))
+        return server, pb_grpc.CandidateServiceStub(channel), channel
+
+    yield start
+    for server, channel in started:
+        channel.close()
+        server.shutdown(grace_s=0)
+
+
+def req(history, n: int = 0, request_id: str = "", user_id: str = "") -> pb.GetCandidatesRequest:
+    return pb.GetCandidatesRequest(history=history, n=n, request_id=request_id, user_id=user_id)
+
+
+def wait_until(predicate, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+def assert_valid(response: pb.GetCandidatesResponse, history, n: int, num_items: int) -> None:
+    items = np.asarray(response.items)
+    scores = np.asarray(response.scores)
+    assert items.shape == scores.shape == (n,)
+    assert len(set(items.tolist())) == n
+    assert items.min() >= 1 and items.max() <= num_items
+    assert not set(items.tolist()) & set(history)
+    assert np.all(np.diff(scores) <= 0)
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_round_trip_returns_the_generators_candidates(start_server, generator):
+    _, stub, _ = start_server(generator)
+    history = [5, 17, 33]
+    response = stub.GetCandidates(req(history, request_id="r-1"), timeout=TIMEOUT)
+    assert_valid(response, history, N, generator.num_items)
+    expected = generator.generate([history], n=N)[0]
+    assert response.items == expected.items.tolist()
+    np.testing.assert_allclose(response.scores, expected.scores, rtol=1e-6)
+    assert response.model_version == generator.model_version
+    assert response.request_id == "r-1"
+    assert response.timing.batch_size == 1
+    assert response.timing.total_us >= response.timing.compute_us > 0
+
+
+def test_calls_without_a_deadline_are_served(start_server, generator):
+    # Tools such as grpcurl send no deadline; gRPC then reports ~9e18 s remaining.
+    _, stub, _ = start_server(generator)
+    assert_valid(stub.GetCandidates(req([1, 2])), [1, 2], N, generator.num_items)
+    batch = pb.GetCandidatesBatchRequest(requests=[req([3]), req([4])])
+    assert len(stub.GetCandidatesBatch(batch).responses) == 2
+
+
+def test_n_overrides_the_default(start_server, generator):
+    _, stub, _ = start_server(generator)
+    response = stub.GetCandidates(req([1, 2], n=4), timeout=TIMEOUT)
+    assert_valid(response, [1, 2], 4, generator.num_items)
+
+
+def test_batch_rpc_answers_every_request_in_order(start_server, generator):
+    _, stub, _ = start_server(generator)
+    histories = [[1, 2, 3], [40, 41], [7]]
+    batch = pb.GetCandidatesBatchRequest(
+        requests=[req(h, request_id=f"q{i}") for i, h in enumerate(histories)]
+    )
+    response = stub.GetCandidatesBatch(batch, timeout=TIMEOUT)
+    assert [r.request_id for r in response.responses] == ["q0", "q1", "q2"]
+    for history, answer in zip(histories, response.responses):
+        assert_valid(answer, history, N, generator.num_items)
+
+
+def test_the_server_keeps_no_per_user_state(start_server, generator):
+    _, stub, _ = start_server(generator)
+    first = stub.GetCandidates(req([9, 8, 7], user_id="alice"), timeout=TIMEOUT)
+    second = stub.GetCandidates(req([9, 8, 7], user_id="bob"), timeout=TIMEOUT)
+    assert first.items == second.items
+
+
+# --------------------------------------------------------------------------- bad input
+
+BAD_REQUESTS = [
+    pytest.param([], 0, "history is empty", id="empty-history"),
+    pytest.param([0, 3], 0, "unknown item id 0", id="padding-id"),
+    pytest.param([3, 121], 0, "unknown item id 121", id="id-past-catalogue"),
+    pytest.param([-4], 0, "unknown item id -4", id="negative-id"),
+    pytest.param(list(range(1, 52)), 0, "history has 51 items; the limit is 50", id="oversized"),
+    pytest.param([1], 101, r"n must be in 1\.\.100", id="n-over-limit"),
+    pytest.param([1], -1, r"n must be in 1\.\.100", id="negative-n"),
+    pytest.param(list(range(1, 31)), 95, "exceeds the 90 catalogue items", id="n-over-catalogue"),
+]
+
+
+@pytest.mark.parametrize(("history", "n", "message"), BAD_REQUESTS)
+def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(
+    start_server, generator, history, n, message
+):
+    config = ServerConfig(default_n=N, max_n=100, max_history_items=50)
+    _, stub, _ = start_server(generator, config)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetCandidates(req(history, n=n), timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert re.search(message, caught.value.details())
+    assert_valid(stub.GetCandidates(req([1, 2]), timeout=TIMEOUT), [1, 2], N, 120)
+
+
+def test_oversized_request_id_is_invalid_argument(start_server, generator):
+    _, stub, _ = start_server(generator)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetCandidates(req([1], request_id="x" * 129), timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request_id" in caught.value.details()
+
+
+def test_batch_with_one_bad_request_names_it(start_server, generator):
+    _, stub, _ = start_server(generator)
+    batch = pb.GetCandidatesBatchRequest(requests=[req([1, 2]), req([]), req([3])])
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetCandidatesBatch(batch, timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("requests[1]: history is empty")
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetCandidatesBatch(pb.GetCandidatesBatchRequest(), timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "a batch needs 1..256 requests, got 0" in caught.value.details()
+
+
+def test_message_over_the_size_limit_is_refused(start_server, generator):
+    config = ServerConfig(default_n=N, max_message_bytes=1024)
+    _, stub, _ = start_server(generator, config)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetCandidates(req([1], user_id="u" * 2000), timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert_valid(stub.GetCandidates(req([1]), timeout=TIMEOUT), [1], N, 120)
+
+
+class FussyGenerator:
+    """Rejects any history holding item 13 (ValueError) and crashes on item 66."""
+
+    num_items = 120
+    model_version = "fussy"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []  # (rows, n) per generate call
+
+    def generate(self, histories, n=50):
+        self.calls.append((len(histories), n))
+        if any(66 in list(h) for h in histories):
+            raise RuntimeError("model crashed")
+        if any(13 in list(h) for h in histories):
+            raise ValueError("item 13 is not allowed")
+        return [
+            CandidateList(np.arange(1, n + 1) + 20, -np.arange(n, dtype=np.float32), "fussy")
+            for _ in histories
+        ]
+
+
+def test_run_batch_groups_by_n_and_isolates_a_rejected_request():
+    generator = FussyGenerator()
+    rows = [
+        CandidateRequest(np.array([1]), 5, "a"),
+        CandidateRequest(np.array([13]), 5, "b"),
+        CandidateRequest(np.array([2]), 3, "c"),
+    ]
+    out = run_batch(generator, rows)
+    assert len(out[0]) == 5 and len(out[2]) == 3
+    assert isinstance(out[1], ValueError)
+    # n=5 rows together (rejected), then one by one; n=3 on its own.
+    assert generator.calls == [(2, 5), (1, 5), (1, 5), (1, 3)]
+
+
+def test_a_crashing_model_is_internal_and_the_server_keeps_serving(start_server):
+    _, stub, _ = start_server(FussyGenerator())
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetCandidates(req([66]), timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "model crashed" not in caught.value.details()  # internals stay in the server log
+    assert list(stub.GetCandidates(req([1]), timeout=TIMEOUT).items) == list(range(21, 31))
+
+
+# --------------------------------------------------------------------------- auth
+
+
+def test_auth_rejects_missing_and_wrong_tokens(start_server, generator):
+    config = ServerConfig(default_n=N, auth_token="s3cret")
+    _, stub, channel = start_server(generator, config)
+    for metadata in (None, (("authorization", "Bearer nope"),), (("authorization", "s3cret"),)):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetCandidates(req([1, 2]), timeout=TIMEOUT, metadata=metadata)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    good = (("authorization", "Bearer s3cret"),)
+    response = stub.GetCandidates(req([1, 2]), timeout=TIMEOUT, metadata=good)
+    assert_valid(response, [1, 2], N, generator.num_items)
+    # Health stays open for probes; reflection (a streaming rpc) needs the token too.
+    health = health_pb2_grpc.HealthStub(channel)
+    assert health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT).status == SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    listing = reflection_pb2.ServerReflectionRequest(list_services="")
+    with pytest.raises(grpc.RpcError) as caught:
+        list(reflection.ServerReflectionInfo(iter([listing]), timeout=TIMEOUT))
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# --------------------------------------------------------------------------- health, reflection
+
+
+def test_reflection_describes_the_service(start_server, generator):
+    _, _, channel = start_server(generator)
+    database = ProtoReflectionDescriptorDatabase(channel)
+    assert {SERVICE_NAME, "grpc.health.v1.Health"} <= set(database.get_services())
+    service = DescriptorPool(database).FindServiceByName(SERVICE_NAME)
+    assert set(service.methods_by_name) == {"GetCandidates", "GetCandidatesBatch"}
+    # grpcurl asks for a method by its full name (`describe ...Service.Method`).
+    method_file = database.FindFileContainingSymbol(f"{SERVICE_NAME}.GetCandidates")
+    assert method_file.name == "protos/lsc4rec/v1/candidates.proto"
+
+
+def test_health_is_not_serving_while_loading(start_server, generator):
+    server, stub, channel = start_server(None)
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", SERVICE_NAME):
+        check = health_pb2.HealthCheckRequest(service=service)
+        assert health.Check(check, timeout=TIMEOUT).status == NOT_SERVING
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetCandidates(req([1, 2]), timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "loading" in caught.value.details()
+    server.set_generator(generator)
+    assert health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT).status == SERVING
+    assert_valid(stub.GetCandidates(req([1, 2]), timeout=TIMEOUT), [1, 2], N, 120)
+
+
+def test_shutdown_turns_health_not_serving_and_finishes_in_flight_calls(start_server, generator):
+    gated = GatedGenerator(generator)
+    config = ServerConfig(default_n=N, grace_s=TIMEOUT, drain_s=0.05)
+    server, stub, channel = start_server(gated, config)
+    health = health_pb2_grpc.HealthStub(channel)
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=TIMEOUT)
+    assert next(watch).status == SERVING
+    in_flight = stub.GetCandidates.future(req([4, 5]), timeout=TIMEOUT)
+    assert gated.entered.wait(TIMEOUT)  # the call is computing (held) when shutdown starts
+    stopper = threading.Thread(target=server.shutdown)
+    stopper.start()
+    # The watch stream stays open while a call is in flight, so this is deterministic.
+    assert next(watch).status == NOT_SERVING
+    gated.release.set()
+    assert_valid(in_flight.result(), [4, 5], N, generator.num_items)
+    stopper.join(TIMEOUT)
+    assert not stopper.is_alive()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetCandidates(req([1, 2]), timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_open_health_watches_end_and_do_not_hold_shutdown_for_the_grace(start_server, generator):
+    server, _, channel = start_server(generator, ServerConfig(default_n=N, grace_s=120.0))
+    health = health_pb2_grpc.HealthStub(channel)
+    watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+    assert next(watch).status == SERVING
+    started = time.monotonic()
+    server.shutdown()
+    assert time.monotonic() - started < 60.0  # far below the 120 s grace
+    assert [r.status for r in watch] == [NOT_SERVING]  # then the stream ends with OK
+    assert watch.code() == grpc.StatusCode.OK
+
+
+# --------------------------------------------------------------------------- deadlines, load
+
+
+def test_tiny_deadline_is_deadline_exceeded_and_others_are_served(start_server, generator):
+    _, stub, _ = start_server(generator)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetCandidates(req([1, 2]), timeout=0.001)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert_valid(stub.GetCandidates(req([3, 4]), timeout=TIMEOUT), [3, 4], N, 120)
+
+
+def test_request_whose_deadline_passes_in_the_queue_never_uses_compute(start_server, generator):
+    gated = GatedGenerator(generator)
+    config = ServerConfig(default_n=N, max_batch_size=4, max_wait_ms=0)
+    server, stub, _ = start_server(gated, config)
+    first = stub.GetCandidates.future(req([1, 2]), timeout=TIMEOUT)
+    assert gated.entered.wait(TIMEOUT)  # batch 1 computes (held)
+    doomed = stub.GetCandidates.future(req([66, 67]), timeout=1.0)
+    wait_until(lambda: server.queue_depth == 1)  # queued behind the held batch
+    with pytest.raises(grpc.RpcError) as caught:
+        doomed.result()
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    other = stub.GetCandidates.future(req([3, 4]), timeout=TIMEOUT)
+    wait_until(lambda: server.queue_depth == 2)  # the expired call's job and `other`
+    gated.release.set()
+    assert_valid(first.result(), [1, 2], N, 120)
+    assert_valid(other.result(), [3, 4], N, 120)
+    assert [66, 67] not in gated.seen
+    stats = server.servicer.batcher.stats
+    assert stats.cancelled + stats.expired == 1
+
+
+def test_full_queue_answers_resource_exhausted(start_server, generator):
+    gated = GatedGenerator(generator)
+    config = ServerConfig(
+        default_n=N, max_batch_size=1, max_wait_ms=0, max_queue_size=2, max_batch_requests=2
+    )
+    server, stub, _ = start_server(gated, config)
+    running = stub.GetCandidates.future(req([1]), timeout=TIMEOUT)
+    assert gated.entered.wait(TIMEOUT)
+    queued = [stub.GetCandidates.future(req([h]), timeout=TIMEOUT) for h in (2, 3)]
+    wait_until(lambda: server.queue_depth == 2)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetCandidates(req([4]), timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "queue is full" in caught.value.details()
+    gated.release.set()
+    for call, history in zip([running, *queued], ([1], [2], [3])):
+        assert_valid(call.result(), history, N, 120)
+    assert_valid(stub.GetCandidates(req([4]), timeout=TIMEOUT), [4], N, 120)
+
+
+def test_concurrent_requests_are_computed_in_one_batch(start_server, generator):
+    gated = GatedGenerator(generator)
+    config = ServerConfig(default_n=N, max_batch_size=8, max_wait_ms=0)
+    server, stub, _ = start_server(gated, config)
+    first = stub.GetCandidates.future(req([1]), timeout=TIMEOUT)
+    assert gated.entered.wait(TIMEOUT)
+    calls = [stub.GetCandidates.future(req([h, h + 1]), timeout=TIMEOUT) for h in (10, 20, 30)]
+    wait_until(lambda: server.queue_depth == 3)
+    gated.release.set()
+    assert first.result().timing.batch_size == 1
+    assert [c.result().timing.batch_size for c in calls] == [3, 3, 3]
+    assert server.servicer.batcher.stats.batches == 2
+
+
+# --------------------------------------------------------------------------- TLS, config
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 and localhost (needs the openssl tool)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert),
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_round_trip_and_plain_clients_are_refused(generator, tls_files):
+    cert, key = tls_files
+    config = ServerConfig(default_n=N, tls_cert_file=str(cert), tls_key_file=str(key))
+    server, port = create_server(generator, "127.0.0.1:0", config)
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+            response = pb_grpc.CandidateServiceStub(channel).GetCandidates(
+                req([1, 2]), timeout=TIMEOUT
+            )
+            assert_valid(response, [1, 2], N, generator.num_items)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError) as caught:
+                pb_grpc.CandidateServiceStub(channel).GetCandidates(req([1]), timeout=TIMEOUT)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.shutdown(grace_s=0)
+
+
+def test_missing_tls_file_is_file_not_found(generator, tmp_path):
+    config = ServerConfig(tls_cert_file=str(tmp_path / "no.pem"), tls_key_file=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="TLS file not found"):
+        create_server(generator, "127.0.0.1:0", config)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"max_wait_ms": -1}, "max_wait_ms"),
+        ({"default_n": 60, "max_n": 50}, "default_n"),
+        ({"max_queue_size": 8}, "max_batch_requests"),
+        ({"auth_token": " "}, "auth_token"),
+        ({"tls_cert_file": "cert.pem"}, "both tls_cert_file and tls_key_file"),
+        ({"grace_s": -1}, "grace_s"),
+    ],
+)
+def test_server_config_rejects_bad_values(options, message):
+    with pytest.raises(ValueError, match=message):
+        ServerConfig(**options)
+
+
+def test_server_config_repr_hides_the_token():
+    assert "s3cret" not in repr(ServerConfig(auth_token="s3cret"))
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_serve_cli_reports_a_missing_model_folder(tmp_path, capsys):
+    assert cli_main(["serve", "--model", str(tmp_path / "missing")]) == 2
+    assert "model folder not found" in capsys.readouterr().err
+
+
+def test_serve_cli_reads_the_token_from_a_file(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("  s3cret\n")
+    assert read_token(str(token)) == "s3cret"
+    assert read_token(None) is None
+    token.write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        read_token(str(token))
+    with pytest.raises(FileNotFoundError, match="auth token file not found"):
+        read_token(str(tmp_path / "missing"))
+
+
+def test_serve_cli_serves_and_stops_cleanly_on_sigterm(generator, tmp_path):
+    model = tmp_path / "llm"
+    generator.save_pretrained(model)
+    command = [sys.executable, "-m", "cli.main", "serve", "--model", str(model), "--host",
+               "127.0.0.1", "--port", "0", "--default-n", str(N), "--torch-threads", "1"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        lines = read_log_until(process, "serving")
+        port = next(line["port"] for line in lines if line["msg"] == "listening")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            response = pb_grpc.CandidateServiceStub(channel).GetCandidates(
+                req([1, 2]), timeout=TIMEOUT
+            )
+            assert response.model_version == generator.model_version
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(TIMEOUT) == 0
+        rest = [json.loads(line) for line in process.stderr.read().splitlines() if line.strip()]
+        assert [line["msg"] for line in rest][-2:] == ["shutting down", "stopped"]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def read_log_until(process: subprocess.Popen, message: str) -> list[dict]:
+    """JSON log lines from the process's stderr up to the first with `msg == message`."""
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        raw = process.stderr.readline()
+        if not raw:
+            pytest.fail(f"server exited before logging {message!r}: {lines}")
+        lines.append(json.loads(raw))  # every stderr line must be a JSON log record
+        if lines[-1]["msg"] == message:
+            return lines
+    pytest.fail(f"no {message!r} log line in time")
