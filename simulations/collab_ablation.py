@@ -1,0 +1,185 @@
+"""Ablation of LSC4Rec's collaborative training on the device model, and of score fusion.
+
+For each seed, one SRM goes through the stages and is measured after each:
+
+    alone                     trained by itself (1:4 sampled negatives)
+    collaborative             + cooperative training on the LLM's lists (hard negatives)
+    collaborative + adaptive  + re-training on each user's newest clicks
+
+Measured on the validation targets (history = training part): NDCG@10 and HR@10 of the SRM's
+order *inside* the LLM's 50-candidate list (a target outside the list scores 0), and with full
+ranking over all items; plus, inside the same lists, the LLM's own order and the fused order
+(LSC4Rec's `α·(1 − j/N) + (1 − α)·σ(srm)`, α = 0.5).
+
+    python -m simulations.collab_ablation --dataset ml-100k --llm runs/llm --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+STAGES = ("alone", "collaborative", "collaborative + adaptive")
+COLUMNS = ("list NDCG@10", "list HR@10", "full NDCG@10", "full HR@10", "fused NDCG@10")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--llm", required=True, help="generator folder (lsc4rec train-llm)")
+    parser.add_argument("--model", default="ttt4rec")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of training alone")
+    parser.add_argument("--prefixes-per-user", type=int, default=20)
+    parser.add_argument("--collab-epochs", type=int, default=3)
+    parser.add_argument("--collab-per-user", type=int, default=5)
+    parser.add_argument("--adaptive-epochs", type=int, default=1)
+    parser.add_argument("--alpha", type=float, default=0.5, help="fusion weight of the LLM rank")
+    parser.add_argument("--cache-dir", default="runs/cache")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="runs/collab_ablation")
+    return parser.parse_args(argv)
+
+
+def fused_in_lists(model, valid, llm_scores: np.ndarray, alpha: float) -> dict:
+    """NDCG@10/HR@10 of the fused order, and of the LLM's own order, inside the lists."""
+    import torch
+
+    from device.fusion import build_fusion, valid_mask
+    from shared.metrics import scored_list_ranks, summarize
+
+    model.eval()
+    with torch.no_grad():
+        logits = model.score(torch.from_numpy(valid.histories), torch.from_numpy(valid.lists))
+    mask = valid_mask(valid.lists, valid.exclude)
+    out = {}
+    for name, fusion in (
+        ("fused", build_fusion("lsc4rec", alpha=alpha)),
+        ("llm", build_fusion("llm_only")),
+    ):
+        scores = fusion(llm_scores, logits.numpy(), mask)
+        ranks = scored_list_ranks(valid.lists, scores, valid.targets)
+        out[name] = summarize(ranks, ks=(10,))
+    return out
+
+
+def measure(model, valid, llm_scores, alpha) -> dict:
+    in_list = valid.evaluate(model, "list")
+    full = valid.evaluate(model, "full")
+    fused = fused_in_lists(model, valid, llm_scores, alpha)
+    return {
+        "list NDCG@10": in_list["NDCG@10"],
+        "list HR@10": in_list["HR@10"],
+        "full NDCG@10": full["NDCG@10"],
+        "full HR@10": full["HR@10"],
+        "fused NDCG@10": fused["fused"]["NDCG@10"],
+        "fused HR@10": fused["fused"]["HR@10"],
+        "llm NDCG@10": fused["llm"]["NDCG@10"],
+        "llm HR@10": fused["llm"]["HR@10"],
+    }
+
+
+def run_seed(seed, args, split, valid, examples, llm_scores) -> dict:
+    import torch
+
+    from device.collaborative import CollaborativeConfig, train_collaborative
+    from device.models import build_model
+    from device.training import TrainConfig, train_srm
+    from simulations.model_table import model_options
+
+    torch.manual_seed(seed)
+    opts = model_options(args.model, [f"{args.model}:{o}" for o in args.option])
+    model = build_model(args.model, num_items=split.num_items, **opts)
+    config = TrainConfig(epochs=args.epochs, seed=seed, prefixes_per_user=args.prefixes_per_user)
+    train_srm(model, split.train, valid, config)
+    rows = {"alone": measure(model, valid, llm_scores, args.alpha)}
+    collab = CollaborativeConfig(
+        per_user=args.collab_per_user, epochs=args.collab_epochs, adaptive_epochs=0
+    )
+    train_collaborative(model, split.train, valid, examples, config, collab)
+    rows["collaborative"] = measure(model, valid, llm_scores, args.alpha)
+    adaptive = CollaborativeConfig(
+        per_user=args.collab_per_user, epochs=0, adaptive_epochs=args.adaptive_epochs
+    )
+    train_collaborative(model, split.train, valid, examples, config, adaptive)
+    rows["collaborative + adaptive"] = measure(model, valid, llm_scores, args.alpha)
+    return rows
+
+
+def markdown(runs: list[dict], args) -> str:
+    keys = list(runs[0]["alone"])
+    lines = [
+        f"**{args.dataset}, {args.model}, validation targets; mean ± std over seeds "
+        f"{', '.join(map(str, args.seeds))}** (list = inside the LLM's 50 candidates)",
+        "",
+        "| stage | " + " | ".join(keys) + " |",
+        "| --- |" + " --- |" * len(keys),
+    ]
+    for stage in STAGES:
+        cells = []
+        for key in keys:
+            values = [run[stage][key] for run in runs]
+            cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}")
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from cloud.generator import CandidateGenerator
+    from device.collaborative import cached_candidate_examples
+    from device.training import ValidationSet
+    from shared.datasets import load_dataset
+    from shared.splits import split_stream
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    dataset = load_dataset(args.dataset)
+    split = split_stream(dataset)
+    generator = CandidateGenerator.from_pretrained(args.llm)
+    n = min(50, generator.num_items - 1)
+    users = split.stream_users
+    starts = [split.history_at_stream_start(u) for u in users]
+    histories = [split.train[u] for u in users]
+    cache = Path(args.cache_dir)
+
+    def generate(batch):
+        return generator.generate(batch, n=n)
+
+    examples = cached_candidate_examples(
+        generate, generator.model_version, split.train, cache, per_user=args.collab_per_user, n=n
+    )
+    valid_lists = cached_candidate_examples(
+        generate, generator.model_version, starts, cache, per_user=1, n=n
+    )
+    # The lists' own scores: ranks are what the fusion uses, so a decreasing score suffices.
+    llm_scores = -np.tile(
+        np.arange(valid_lists.candidates.shape[1], dtype=np.float64), (len(users), 1)
+    )
+    valid = ValidationSet.build(histories, split.valid_target[users], dataset.num_items)
+    valid = valid.with_lists(valid_lists.candidates)
+    runs = []
+    for seed in args.seeds:
+        runs.append(run_seed(seed, args, split, valid, examples, llm_scores))
+        print(
+            f"seed {seed}: "
+            + json.dumps({k: round(v["list NDCG@10"], 4) for k, v in runs[-1].items()})
+        )
+    text = markdown(runs, args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "collab_ablation.md").write_text(text)
+    (out / "collab_ablation.json").write_text(
+        json.dumps({"args": vars(args), "runs": runs}, indent=2)
+    )
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
