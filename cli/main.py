@@ -18,6 +18,8 @@ SUBCOMMAND_MODULES = (
     "cli.train_llm",
     "cli.candidates",
     "cli.serve",
+    "cli.experiment",
+    "cli.devices",
     "cli.demo",
 )
 

@@ -1,0 +1,79 @@
+"""Plots of the simulation experiments (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+REFERENCE_STYLES = {  # reference name -> (line style, colour)
+    "never": ("--", "tab:gray"),
+    "always": ("-", "black"),
+    "llm_only": (":", "tab:brown"),
+    "srm_only": ("-.", "tab:olive"),
+}
+
+
+def plot_request_rate(
+    rows: list[dict[str, Any]],
+    path: str | Path,
+    metric: str = "NDCG@10",
+    title: str = "",
+) -> Path:
+    """A metric against the achieved request rate: one curve per policy family with its
+    bootstrap interval as error bars, and a horizontal line per reference point.
+
+    Args:
+        rows: `simulations.request_rate.point_row` dicts (keys policy, request_rate, metric,
+            metric_lo, metric_hi).
+        path: PNG file to write.
+        metric: which metric to plot.
+        title: shown above the plot.
+    Returns:
+        the written path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["policy"] in REFERENCE_STYLES:
+            style, colour = REFERENCE_STYLES[row["policy"]]
+            ax.axhline(
+                row[metric], linestyle=style, color=colour, linewidth=1.2, label=row["label"]
+            )
+        else:
+            curves.setdefault(row["policy"], []).append(row)
+    for family, points in curves.items():
+        points = sorted(points, key=lambda r: r["request_rate"])
+        x = [r["request_rate"] for r in points]
+        y = [r[metric] for r in points]
+        err = [
+            [r[metric] - r[f"{metric}_lo"] for r in points],
+            [r[f"{metric}_hi"] - r[metric] for r in points],
+        ]
+        ax.errorbar(
+            x,
+            y,
+            yerr=err,
+            marker="o",
+            markersize=4,
+            capsize=2,
+            linewidth=1.4,
+            elinewidth=0.7,  # thin interval bars keep overlapping curves readable
+            alpha=0.9,
+            label=family,
+        )
+    ax.set_xlabel("request rate (requests / steps)")
+    ax.set_ylabel(metric)
+    ax.set_xlim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{metric} vs request rate" + (f" — {title}" if title else ""))
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path

@@ -1,0 +1,265 @@
+"""Request-rate experiment: calibration on the validation stream, bootstrap, outputs, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cli.main import main
+from cloud.config import BackboneConfig, GeneratorConfig
+from cloud.generator import CandidateGenerator
+from cloud.training import TrainConfig, train_generator
+from device.checkpoint import save_srm
+from device.fusion import RankSigmoidFusion
+from device.models.ttt4rec import TTT4Rec, TTT4RecConfig
+from device.policies import ConsistencyPolicy, LearnedPolicy, ThresholdRule
+from shared.datasets.synthetic import make_synthetic
+from shared.splits import split_stream
+from simulations.replay import ReplayConfig, replay
+from simulations.request_rate import (
+    RequestRateConfig,
+    bootstrap_indices,
+    bootstrap_interval,
+    calibrate_on_stream,
+    expected_rate,
+    fit_learned,
+    measure_table,
+    paired_difference,
+    periodic_knobs,
+    prepare_streams,
+    reachable,
+    run_request_rate,
+    simulate_rule,
+    state_index,
+    write_outputs,
+)
+
+RATES = (0.1, 0.3, 0.5)
+CONFIG = ReplayConfig(n=20)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def tiny_generator(split) -> CandidateGenerator:
+    """A tiny T5 generator after a few training steps (as tests/cloud/conftest.py builds it)."""
+    backbone = BackboneConfig(
+        kind="t5", d_model=16, num_layers=1, num_decoder_layers=1, num_heads=2, d_ff=32
+    )
+    config = GeneratorConfig(backbone=backbone, max_history=8, num_beams=20)
+    gen = CandidateGenerator.create(config, split.train, split.num_items)
+    train_config = TrainConfig(
+        epochs=1, batch_size=16, samples_per_epoch=64, max_eval_users=4, eval_n=10, progress=False
+    )
+    train_generator(gen, split, train_config)
+    return gen
+
+
+def tiny_ttt4rec(num_items: int) -> TTT4Rec:
+    torch.manual_seed(0)
+    config = TTT4RecConfig(
+        num_items=num_items,
+        hidden_size=16,
+        num_heads=2,
+        mini_batch_size=4,
+        intermediate_size=32,
+        initializer_range=0.5,
+    )
+    return TTT4Rec(config).eval()
+
+
+@pytest.fixture(scope="module")
+def streams():
+    """Validation and test replay data of a synthetic data set (100 users, T = 10)."""
+    dataset = make_synthetic(
+        num_users=100, num_items=200, num_topics=8, min_length=25, max_length=30, seed=1
+    )
+    split = split_stream(dataset, test_window=10)
+    generator, srm = tiny_generator(split), tiny_ttt4rec(dataset.num_items)
+    valid, test = prepare_streams(split, generator, srm, CONFIG)
+    assert valid.stream.role == "valid" and np.isnan(valid.srm.full_ranks).all()
+    return valid, test
+
+
+def test_reachable_states():
+    mask = reachable(4)
+    assert mask.tolist() == [
+        [True, False, False, False],
+        [True, False, False, False],
+        [True, True, False, False],
+        [True, True, True, False],
+    ]
+
+
+def test_calibration_hits_the_rate_on_its_own_stream():
+    rng = np.random.default_rng(0)
+    # scores that grow with the list's age and drop after a refresh, plus noise
+    steps, held = np.meshgrid(np.arange(10), np.arange(10), indexing="ij")
+    table = (steps - held)[None] * 0.3 + rng.normal(size=(500, 10, 10))
+    table[:, ~reachable(10)] = np.nan
+    for rate in (0.05, 0.2, 0.5, 0.8):
+        rule, achieved = calibrate_on_stream(table, rate)
+        assert achieved == pytest.approx(rate, abs=0.005)
+        assert expected_rate(table, rule) == achieved
+    # the plain quantile of the scores misses: refreshed lists disagree less
+    plain = calibrate_on_stream(table, 0.2, steps=1)[1]
+    assert abs(plain - 0.2) > 0.01
+    never, _ = simulate_rule(table, ThresholdRule(np.inf))
+    assert not never.any()
+
+
+@pytest.mark.parametrize("measure", ["rank_diff", "kendall", "topk", "rbo"])
+def test_calibrated_policies_keep_their_rate_through_the_replay(streams, measure):
+    """The calibrated policy objects (per-user copies, tie splitting) replayed on the stream
+    they were calibrated on request at the target rate within 2 points."""
+    valid, _ = streams
+    table = measure_table(valid, measure)
+    for rate in RATES:
+        rule, _ = calibrate_on_stream(table, rate)
+        policy = ConsistencyPolicy(measure, threshold=rule.threshold, tie_prob=rule.tie_prob)
+        assert abs(replay(valid, policy).request_rate - rate) <= 0.02
+
+
+def test_learned_policy_trains_on_validation_gains(streams):
+    valid, _ = streams
+    rows, steps, held = state_index(valid)
+    assert len(rows) == valid.num_users * reachable(valid.window).sum()
+    model, table, stats = fit_learned(valid, RankSigmoidFusion())
+    assert stats["examples"] == len(rows) and 0.0 < stats["positive_share"] < 1.0
+    assert np.isnan(table[:, 0, 1]).all() and not np.isnan(table[:, 3, 2]).any()
+    for rate in RATES:
+        rule, _ = calibrate_on_stream(table, rate)
+        policy = LearnedPolicy(model=model, threshold=rule.threshold, tie_prob=rule.tie_prob)
+        assert abs(replay(valid, policy).request_rate - rate) <= 0.02
+
+
+def test_periodic_knobs():
+    assert periodic_knobs((0.05, 0.1, 0.2, 0.3, 0.5, 0.8), 10) == [
+        (5, 0.1),
+        (4, 0.2),
+        (3, 0.3),
+        (2, 0.5),
+        (1, 0.8),
+    ]
+    with pytest.raises(ValueError, match=">= 2 steps"):
+        periodic_knobs((0.1,), 1)
+
+
+def test_bootstrap_interval_contains_the_mean():
+    rng = np.random.default_rng(1)
+    values = rng.exponential(size=300)
+    indices = bootstrap_indices(300, 1000, seed=0)
+    mean, low, high = bootstrap_interval(values, indices)
+    assert low < mean < high and mean == pytest.approx(values.mean())
+    assert bootstrap_interval(values, bootstrap_indices(300, 1000, seed=0)) == (mean, low, high)
+    wide = bootstrap_interval(values, indices, confidence=0.99)
+    assert wide[1] < low and wide[2] > high
+    # standard error of a mean of 300 unit-variance values is ~0.058: interval ~ ±0.11
+    assert 0.15 < high - low < 0.30
+    assert paired_difference(values, values, indices, 0.95) == (0.0, 0.0, 0.0)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown policy 'greedy'"):
+        RequestRateConfig(families=("random", "greedy"))
+    with pytest.raises(ValueError, match="unknown measure"):
+        RequestRateConfig(measures=("cosine",))
+    with pytest.raises(ValueError, match="target_rates"):
+        RequestRateConfig(target_rates=(1.5,))
+
+
+def test_sweep_writes_tables_and_plot(streams, tmp_path):
+    valid, test = streams
+    config = RequestRateConfig(target_rates=(0.1, 0.3), measures=("kendall",), bootstrap_draws=100)
+    experiment = run_request_rate(test, valid, config)
+    labels = [row["policy"] for row in experiment.rows]
+    for family in ("random", "periodic", "consistency[kendall]", "learned"):
+        assert family in labels
+    assert labels[-4:] == ["never", "always", "llm_only", "srm_only"]
+    rows = {row["policy"]: row for row in experiment.rows if row["target_rate"] in (None, 0.3)}
+    assert rows["never"]["request_rate"] == 0.0 and rows["always"]["request_rate"] == 1.0
+    for row in experiment.rows:
+        assert row["NDCG@10_lo"] <= row["NDCG@10"] <= row["NDCG@10_hi"]
+    assert [g["target_rate"] for g in experiment.goal] == [0.1, 0.3]
+    gaps = experiment.notes["reference_gaps"]
+    assert set(gaps) == {"always-never", "always-llm_only", "always-srm_only"}
+    always_never = gaps["always-never"]
+    assert always_never[0] == pytest.approx(rows["always"]["NDCG@10"] - rows["never"]["NDCG@10"])
+    paths = write_outputs(experiment, tmp_path, config, {"dataset": "tiny"})
+    with open(paths["csv"]) as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == len(experiment.rows) and "HR@20_hi" in table[0]
+    payload = json.loads(paths["json"].read_text())
+    assert payload["config"]["target_rates"] == [0.1, 0.3] and payload["goal"]
+    assert "| never |" in paths["md"].read_text() and "always − never" in paths["md"].read_text()
+    assert paths["png"].stat().st_size > 10_000
+    records = np.load(paths["records"])
+    assert records["ranks"].shape == (len(experiment.rows), test.num_users, test.window)
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """A tiny generator and TTT4Rec for `--dataset synthetic --synthetic-users 16`."""
+    dataset = make_synthetic(num_users=16, seed=4)
+    split = split_stream(dataset, test_window=5)
+    folder = tmp_path_factory.mktemp("models")
+    tiny_generator(split).save_pretrained(folder / "llm")
+    save_srm(tiny_ttt4rec(dataset.num_items), folder / "srm")
+    return folder
+
+
+def cli_args(folder, *extra) -> list[str]:
+    return [
+        "experiment",
+        "request-rate",
+        "--dataset",
+        "synthetic",
+        "--synthetic-users",
+        "16",
+        "--data-seed",
+        "4",
+        "--llm",
+        str(folder / "llm"),
+        "--srm",
+        str(folder / "srm"),
+        "--test-window",
+        "5",
+        "-n",
+        "20",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_cli_runs_and_reuses_the_cache(saved_models, tmp_path, capsys):
+    extra = ["--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    extra += ["--rates", "0.2,0.5", "--measures", "rbo", "--bootstrap", "50"]
+    assert main(cli_args(saved_models, *extra)) == 0
+    assert "| always |" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "out" / "request_rate.json").read_text())["meta"]
+    assert not meta["lists_from_cache"]
+    assert main(cli_args(saved_models, *extra)) == 0
+    meta = json.loads((tmp_path / "out" / "request_rate.json").read_text())["meta"]
+    assert meta["lists_from_cache"]
+    assert (tmp_path / "out" / "request_rate.png").is_file()
+
+
+def test_cli_errors_are_one_line(saved_models, tmp_path, capsys):
+    missing = ["--llm", str(tmp_path / "nowhere")]
+    assert main(cli_args(saved_models, *missing)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no such model folder" in err and len(err.splitlines()) == 1
+    assert main(cli_args(saved_models, "--policies", "random,greedy")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown policy 'greedy'" in err and len(err.splitlines()) == 1
+    assert main(cli_args(saved_models, "--srm", str(saved_models / "llm"))) == 2
+    assert "not a model folder" in capsys.readouterr().err
