@@ -1,0 +1,181 @@
+"""`lsc4rec devices`: a live fleet of simulated devices replaying the online stream over gRPC.
+
+    lsc4rec devices --server 127.0.0.1:50051 --dataset ml-100k --srm runs/demo/srm \\
+        --users 100 --workers 4 --policy consistency:rank_diff:8 --out runs/devices
+
+Each device replays one stream user (initial list, then per step: policy -> request ->
+rerank + fuse -> metrics -> click) against the server; the summary table gives the request
+rate, NDCG@10/HR@10, requests ok/failed, latency p50/p95 and throughput, and `--out` gets
+`fleet.json` with every device's per-step records (see `simulations.fleet`).
+
+`--llm DIR` serves that generator in this process instead of `--server`; with it,
+`--fault AFTER:DOWN_S` stops the server once it has answered AFTER requests and restarts it
+on the same port DOWN_S seconds later (the fault drill: no click may be lost).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cli.common import add_dataset_args, load_dataset_from_args
+from cli.main import CLIError
+
+BACKENDS = ("process", "thread", "ray")  # = simulations.fleet.BACKENDS; --help stays light
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "devices", help="run simulated devices against the gRPC server (live fleet)"
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--server", metavar="HOST:PORT", help="the running cloud server")
+    where.add_argument("--llm", metavar="DIR", help="serve this generator in-process instead")
+    add_dataset_args(parser)
+    parser.add_argument("--srm", required=True, metavar="DIR", help="SRM checkpoint (train-srm)")
+    parser.add_argument("--users", type=int, default=0, help="devices (stream users; 0 = all)")
+    parser.add_argument("--workers", type=int, default=2, help="concurrent device processes")
+    parser.add_argument(
+        "--policy",
+        default="always",
+        metavar="SPEC",
+        help="never | always | random:P | periodic:M | consistency[:MEASURE]:THRESHOLD",
+    )
+    parser.add_argument("--fusion", default="lsc4rec", help="device fusion (default lsc4rec)")
+    parser.add_argument("--seed", type=int, default=0, help="policies' random streams")
+    parser.add_argument("--token", default=None, help="bearer token, when the server wants one")
+    parser.add_argument("--deadline-ms", type=float, default=200.0, help="deadline per attempt")
+    parser.add_argument("--backend", choices=BACKENDS, default="process", help="device runner")
+    parser.add_argument("--test-window", type=int, default=10, help="online stream length T")
+    parser.add_argument("-n", "--candidates", type=int, default=50, help="candidates per list")
+    parser.add_argument("--request-history", type=int, default=50, help="L: clicks sent")
+    parser.add_argument("--step-delay-ms", type=float, default=0.0, help="think time per click")
+    parser.add_argument(
+        "--fault", default=None, metavar="AFTER:DOWN_S", help="restart the --llm server mid-run"
+    )
+    parser.add_argument("--out", default="runs/devices", help="folder for fleet.json")
+    parser.set_defaults(func=run)
+
+
+def parse_fault(text: str | None):
+    """`AFTER:DOWN_S` as a `FaultPlan`, or None.
+
+    Raises:
+        CLIError: not two numbers.
+    """
+    if text is None:
+        return None
+    from simulations.fleet import FaultPlan
+
+    try:
+        after, down = text.split(":")
+        return FaultPlan(after_requests=int(after), down_s=float(down))
+    except ValueError as err:
+        raise CLIError(f"--fault {text!r}: expected AFTER_REQUESTS:DOWN_SECONDS ({err})") from None
+
+
+def _fleet_config(args: argparse.Namespace, target: str):
+    from simulations.fleet import FleetConfig
+
+    return FleetConfig(
+        target=target,
+        srm_dir=args.srm,
+        policy=args.policy,
+        fusion=args.fusion,
+        seed=args.seed,
+        workers=args.workers,
+        backend=args.backend,
+        n=args.candidates,
+        request_history=args.request_history,
+        deadline_ms=args.deadline_ms,
+        total_timeout_ms=max(1000.0, 4 * args.deadline_ms),
+        step_delay_ms=args.step_delay_ms,
+        token=args.token,
+    )
+
+
+def _stream(args: argparse.Namespace):
+    from shared.splits import split_stream
+    from simulations.replay import ReplayStream, stream_from_split
+
+    if args.users < 0:
+        raise CLIError(f"--users must be >= 0, got {args.users}")
+    dataset = load_dataset_from_args(args)
+    stream = stream_from_split(split_stream(dataset, test_window=args.test_window))
+    if args.users and args.users < stream.num_users:
+        keep = slice(0, args.users)
+        stream = ReplayStream(
+            "test",
+            stream.users[keep],
+            stream.sequences[keep],
+            stream.starts[keep],
+            stream.window,
+        )
+    return dataset, stream
+
+
+def _check_folders(args: argparse.Namespace) -> None:
+    from device.checkpoint import CONFIG_NAME
+
+    for option, folder, marker in (("--srm", args.srm, CONFIG_NAME), ("--llm", args.llm, None)):
+        if folder is None:
+            continue
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{option} {folder}: no such model folder")
+        if marker and not (Path(folder) / marker).is_file():
+            raise FileNotFoundError(f"{option} {folder}: not a model folder ({marker} missing)")
+
+
+def _check_catalogue(args: argparse.Namespace, num_items: int) -> None:
+    """The SRM must know the data set's items, or every step would score unknown ids."""
+    from device.checkpoint import load_srm
+
+    found = load_srm(args.srm).config.num_items
+    if found != num_items:
+        raise CLIError(f"--srm model has {found} items, the data set {num_items}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from simulations.fleet import FleetBackendError, run_fleet, summary_table, write_fleet_json
+
+    plan = parse_fault(args.fault)
+    if plan is not None and args.llm is None:
+        raise CLIError("--fault needs --llm: only a server this process runs can be restarted")
+    config = _fleet_config(args, args.server or "127.0.0.1:0")
+    _check_folders(args)
+    dataset, stream = _stream(args)
+    _check_catalogue(args, dataset.num_items)
+    try:
+        if args.llm is None:
+            result = run_fleet(stream, config)
+        else:
+            result = _run_in_process(args, stream, config, plan)
+    except FleetBackendError as err:
+        raise CLIError(str(err)) from None
+    meta = {"dataset": dataset.name, "users": stream.num_users, "window": stream.window}
+    path = write_fleet_json(result, Path(args.out) / "fleet.json", meta)
+    print(summary_table([{"workers": config.workers, **result.summary()}]))
+    if result.events:
+        print(f"fault: {result.events}")
+    print(f"wrote {path}")
+    return 0
+
+
+def _run_in_process(args: argparse.Namespace, stream, config, plan):
+    """Serve `--llm` on a loopback port for the fleet; with a plan, restart it mid-run."""
+    from dataclasses import replace
+
+    from cloud.generator import CandidateGenerator
+    from cloud.server import ServerConfig, create_server
+    from simulations.fleet import run_fleet, run_fleet_with_restart
+
+    generator = CandidateGenerator.from_pretrained(args.llm)
+    # --token turns auth on for the in-process server too, so the drill covers it
+    server_config = ServerConfig(grace_s=1.0, auth_token=args.token)
+    if plan is not None:
+        return run_fleet_with_restart(generator, stream, config, plan, server_config)
+    server, port = create_server(generator, "127.0.0.1:0", server_config)
+    try:
+        return run_fleet(stream, replace(config, target=f"127.0.0.1:{port}"))
+    finally:
+        server.shutdown(grace_s=0)
