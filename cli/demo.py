@@ -1,11 +1,19 @@
 """`lsc4rec demo`: from a fresh clone to results on MovieLens-100k.
 
-Each stage prints what it did and where its output went; stages grow as the project does.
+The demo runs the same subcommands a user would, in order, with settings sized for a few
+minutes on 2 CPU cores; every stage prints what it did, and the last one where the results are:
+
+    1. data         MovieLens-100k from the recbole wheel; statistics
+    2. train-llm    the cloud candidate generator (T5, atomic item ids, trie beam search)
+    3. train-srm    TTT4Rec on the device: alone, then collaborative (+ adaptive) with the LLM
+    4. experiment   the request-rate sweep (replay), table + plot
+    5. devices      the real gRPC server and a short live device fleet against it
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 
@@ -13,16 +21,136 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="the end-to-end demo on MovieLens-100k")
     parser.add_argument("--out", default="runs/demo", help="folder for models, tables and plots")
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage")
+    parser.add_argument("--dataset", default="ml-100k", help="ml-100k (default) or synthetic")
+    parser.add_argument("--llm-epochs", type=int, default=2, help="generator training epochs")
+    parser.add_argument("--srm-epochs", type=int, default=4, help="TTT4Rec epochs trained alone")
+    parser.add_argument("--fleet-users", type=int, default=100, help="users in the live fleet")
+    parser.add_argument("--skip-fleet", action="store_true", help="stop after the sweep")
     parser.set_defaults(func=run)
 
 
+def stages(args: argparse.Namespace, out: Path) -> list[tuple[str, list[str]]]:
+    """The subcommands the demo runs, as argument lists for `lsc4rec`."""
+    data = ["--dataset", args.dataset]
+    seed = ["--seed", str(args.seed)]
+    llm, srm = str(out / "llm"), str(out / "srm")
+    return [
+        ("data", ["data", "stats", *data]),
+        (
+            "train-llm",
+            [
+                "train-llm",
+                *data,
+                "--out",
+                llm,
+                "--epochs",
+                str(args.llm_epochs),
+                "--samples-per-epoch",
+                "20000",
+                "--max-eval-users",
+                "300",
+                *seed,
+            ],
+        ),
+        (
+            "train-srm",
+            [
+                "train-srm",
+                "--model",
+                "ttt4rec",
+                *data,
+                "--out",
+                srm,
+                "--epochs",
+                str(args.srm_epochs),
+                "--prefixes-per-user",
+                "20",
+                "--option",
+                "initializer_range=0.1",
+                "--collaborative",
+                "--llm",
+                llm,
+                "--collab-epochs",
+                "1",
+                "--collab-per-user",
+                "3",
+                "--cache-dir",
+                str(out / "cache"),
+                *seed,
+            ],
+        ),
+        (
+            "experiment",
+            [
+                "experiment",
+                "request-rate",
+                *data,
+                "--llm",
+                llm,
+                "--srm",
+                srm,
+                "--out",
+                str(out / "request_rate"),
+                "--cache-dir",
+                str(out / "cache"),
+                *seed,
+            ],
+        ),
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
-    from shared.datasets import load_dataset
-    from shared.stats import dataset_stats, format_stats
+    from cli.main import main as lsc4rec
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print("== 1. data: MovieLens-100k (from the recbole wheel on PyPI)")
-    dataset = load_dataset("ml-100k")
-    print(format_stats(dataset_stats(dataset)))
+    plan = stages(args, out)
+    if not args.skip_fleet:
+        plan.append(("devices", fleet_stage(args, out)))
+    timings = []
+    for number, (name, argv) in enumerate(plan, start=1):
+        print(f"\n== {number}/{len(plan)} {name}: lsc4rec {' '.join(argv)}", flush=True)
+        start = time.perf_counter()
+        status = lsc4rec(argv)
+        timings.append((name, time.perf_counter() - start))
+        if status != 0:
+            print(f"demo: stage {name} failed (exit {status})")
+            return status
+    print_summary(out, timings)
     return 0
+
+
+def fleet_stage(args: argparse.Namespace, out: Path) -> list[str]:
+    """A short live fleet against a real server that the `devices` command starts itself."""
+    return [
+        "devices",
+        "--dataset",
+        args.dataset,
+        "--llm",
+        str(out / "llm"),
+        "--srm",
+        str(out / "srm"),
+        "--users",
+        str(args.fleet_users),
+        "--workers",
+        "2",
+        "--policy",
+        "periodic:3",
+        "--out",
+        str(out / "fleet"),
+        "--seed",
+        str(args.seed),
+    ]
+
+
+def print_summary(out: Path, timings: list[tuple[str, float]]) -> None:
+    print("\n== results")
+    table = out / "request_rate" / "request_rate.md"
+    if table.exists():
+        print(table.read_text())
+    print("| stage | seconds |\n| --- | --- |")
+    for name, seconds in timings:
+        print(f"| {name} | {seconds:.0f} |")
+    print(f"| total | {sum(s for _, s in timings):.0f} |")
+    print(f"\nplot: {out / 'request_rate' / 'request_rate.png'}")
+    print(f"tables: {out / 'request_rate'}; models: {out / 'llm'}, {out / 'srm'}")

@@ -164,12 +164,20 @@ def main(argv=None) -> int:
     for name in args.models:
         for seed in args.seeds:
             runs.append(run_one(name, seed, dataset, loo, negatives, args))
+            save_partial(runs, args)  # a long table survives an interrupted run
             r = runs[-1]
             print(
                 f"{name} seed {seed}: sampled NDCG@10 {r['sampled']['NDCG@10']:.4f}, "
                 f"full NDCG@10 {r['full']['NDCG@10']:.4f} ({r['train_seconds']:.0f}s)"
             )
     return write_outputs(runs, args.dataset, args.seeds, args)
+
+
+def save_partial(runs: list[dict], args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"dataset": args.dataset, "args": vars(args), "runs": runs, "partial": True}
+    (out / "model_table.json").write_text(json.dumps(payload, indent=2))
 
 
 def write_outputs(runs: list[dict], dataset: str, seeds: list[int], args) -> int:

@@ -532,7 +532,7 @@ def test_serve_cli_serves_and_stops_cleanly_on_sigterm(generator, tmp_path):
             )
             assert response.model_version == generator.model_version
         process.send_signal(signal.SIGTERM)
-        assert process.wait(TIMEOUT) == 0
+        assert process.wait(3 * TIMEOUT) == 0  # shutdown waits on grace; slow on a loaded machine
         rest = [json.loads(line) for line in process.stderr.read().splitlines() if line.strip()]
         assert [line["msg"] for line in rest][-2:] == ["shutting down", "stopped"]
     finally:
