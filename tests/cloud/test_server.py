@@ -16,7 +16,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-import torch
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -26,16 +25,12 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from cli.main import main as cli_main
 from cli.serve import read_token
-from cloud.config import BackboneConfig, GeneratorConfig
 from cloud.generator import CandidateGenerator
 from cloud.server import SERVICE_NAME, ServerConfig, create_server
 from cloud.servicer import CandidateRequest, run_batch
-from cloud.training import TrainConfig, train_generator
 from protos.lsc4rec.v1 import candidates_pb2 as pb
 from protos.lsc4rec.v1 import candidates_pb2_grpc as pb_grpc
 from shared.candidates import CandidateList
-from shared.datasets.synthetic import make_synthetic
-from shared.splits import split_stream
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 N = 10  # candidates per request here: the tiny catalogue has 120 items
@@ -44,24 +39,9 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def build_tiny_generator() -> CandidateGenerator:
-    """A tiny T5 generator after a few training steps on synthetic data (about a second)."""
-    torch.set_num_threads(1)
-    dataset = make_synthetic(num_users=30, num_items=120, min_length=16, max_length=40, seed=3)
-    split = split_stream(dataset)
-    backbone = BackboneConfig(d_model=16, num_layers=1, num_decoder_layers=1, num_heads=2, d_ff=32)
-    config = GeneratorConfig(backbone=backbone, max_history=8, num_beams=N)
-    generator = CandidateGenerator.create(config, split.train, dataset.num_items, seed=0)
-    train = TrainConfig(
-        epochs=1, batch_size=16, samples_per_epoch=48, max_eval_users=6, eval_n=N, progress=False
-    )
-    train_generator(generator, split, train)
-    return generator
-
-
 @pytest.fixture(scope="module")
-def generator() -> CandidateGenerator:
-    return build_tiny_generator()
+def generator(served_generator) -> CandidateGenerator:
+    return served_generator
 
 
 class GatedGenerator:

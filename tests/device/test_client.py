@@ -15,12 +15,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-import torch
 
-from cloud.config import BackboneConfig, GeneratorConfig
 from cloud.generator import CandidateGenerator
 from cloud.server import ServerConfig, create_server
-from cloud.training import TrainConfig, train_generator
 from device.client import (
     CandidateClient,
     ClientConfig,
@@ -31,32 +28,15 @@ from device.client import (
 )
 from protos.lsc4rec.v1 import candidates_pb2 as pb
 from shared.candidates import CandidateList
-from shared.datasets.synthetic import make_synthetic
-from shared.splits import split_stream
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 N = 10  # candidates per request here: the tiny catalogue has 120 items
 TIMEOUT = 30.0  # generous deadline for calls that must succeed on a busy machine
 
 
-def build_tiny_generator() -> CandidateGenerator:
-    """A tiny T5 generator after a few training steps on synthetic data (about a second)."""
-    torch.set_num_threads(1)
-    dataset = make_synthetic(num_users=30, num_items=120, min_length=16, max_length=40, seed=3)
-    split = split_stream(dataset)
-    backbone = BackboneConfig(d_model=16, num_layers=1, num_decoder_layers=1, num_heads=2, d_ff=32)
-    config = GeneratorConfig(backbone=backbone, max_history=8, num_beams=N)
-    generator = CandidateGenerator.create(config, split.train, dataset.num_items, seed=0)
-    train = TrainConfig(
-        epochs=1, batch_size=16, samples_per_epoch=48, max_eval_users=6, eval_n=N, progress=False
-    )
-    train_generator(generator, split, train)
-    return generator
-
-
 @pytest.fixture(scope="module")
-def generator() -> CandidateGenerator:
-    return build_tiny_generator()
+def generator(served_generator) -> CandidateGenerator:
+    return served_generator
 
 
 class CountingGenerator:
