@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -31,8 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--prefixes-per-user",
         type=int,
-        default=20,
-        help="training examples per user per epoch (0 = every prefix)",
+        default=0,
+        help="training examples per user per epoch (0 = every prefix, a full epoch)",
     )
     parser.add_argument("--synthetic-users", type=int, default=500)
     parser.add_argument(
@@ -87,11 +88,78 @@ def run_one(name: str, seed: int, dataset, loo, negatives, args) -> dict:
     return {
         "model": name,
         "seed": seed,
+        "settings": run_settings(name, args),
         "best_epoch": result.best_epoch,
         "train_seconds": time.perf_counter() - start,
         "sampled": evaluate_sampled(model, histories, loo.test_target, negatives[loo.users]),
         "full": evaluate_full(model, histories, loo.test_target, exclude=loo.test_history),
     }
+
+
+def run_settings(name: str, args) -> dict:
+    """What a run's numbers depend on besides its seed; `--merge` refuses to mix them."""
+    settings = {
+        "dataset": args.dataset,
+        "epochs": args.epochs,
+        "hidden_size": args.hidden_size,
+        "max_len": args.max_len,
+        "prefixes_per_user": args.prefixes_per_user,
+        "options": sorted(o for o in args.option if o.split(":", 1)[0] == name),
+    }
+    if args.dataset == "synthetic":
+        settings["synthetic_users"] = args.synthetic_users
+    return settings
+
+
+def load_runs(directories: list[str]) -> tuple[str, list[dict]]:
+    """The dataset and runs of earlier outputs, each run tagged with its settings.
+
+    Raises:
+        ValueError: a folder without `model_table.json`, runs trained differently (other
+            than by seed), or the same model and seed twice.
+    """
+    runs = []
+    for directory in directories:
+        path = Path(directory) / "model_table.json"
+        if not path.is_file():
+            raise ValueError(f"no model_table.json in {directory}")
+        payload = json.loads(path.read_text())
+        # Older outputs kept the settings only once per file, in its arguments.
+        file_args = argparse.Namespace(**payload["args"])
+        for run in payload["runs"]:
+            run.setdefault("settings", run_settings(run["model"], file_args))
+            runs.append(run)
+    check_mergeable(runs)
+    return runs[0]["settings"]["dataset"], runs
+
+
+def check_mergeable(runs: list[dict]) -> None:
+    """Raise ValueError unless the runs differ only by model options and seed, once each."""
+    if not runs:
+        raise ValueError("nothing to merge: the folders hold no runs")
+    shared = {k: v for k, v in runs[0]["settings"].items() if k != "options"}
+    per_model: dict[str, list[str]] = {}
+    seen = set()
+    for run in runs:
+        settings = run["settings"]
+        mine = {k: v for k, v in settings.items() if k != "options"}
+        if mine != shared:
+            diff = sorted(k for k in shared.keys() | mine.keys() if shared.get(k) != mine.get(k))
+            raise ValueError(
+                f"cannot merge {run['model']} seed {run['seed']}: trained with different "
+                f"{', '.join(diff)} ({', '.join(f'{k}={mine.get(k)}' for k in diff)} vs "
+                f"{', '.join(f'{k}={shared.get(k)}' for k in diff)})"
+            )
+        options = per_model.setdefault(run["model"], settings["options"])
+        if settings["options"] != options:
+            raise ValueError(
+                f"cannot merge {run['model']} seed {run['seed']}: options "
+                f"{settings['options']} differ from {options}"
+            )
+        key = (run["model"], run["seed"])
+        if key in seen:
+            raise ValueError(f"{run['model']} seed {run['seed']} appears twice")
+        seen.add(key)
 
 
 def model_options(name: str, options: list[str]) -> dict:
@@ -146,12 +214,11 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     if args.merge:
-        runs = [
-            r
-            for d in args.merge
-            for r in json.loads((Path(d) / "model_table.json").read_text())["runs"]
-        ]
-        dataset_name = json.loads((Path(args.merge[0]) / "model_table.json").read_text())["dataset"]
+        try:
+            dataset_name, runs = load_runs(args.merge)
+        except ValueError as error:
+            print(f"model_table: error: {error}", file=sys.stderr)
+            return 2
         seeds = sorted({r["seed"] for r in runs})
         return write_outputs(runs, dataset_name, seeds, args)
     torch.set_num_threads(args.threads)

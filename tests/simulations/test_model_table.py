@@ -1,0 +1,82 @@
+"""The model-table script end to end on a small synthetic catalogue: runs, tables, merging."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from simulations.model_table import main
+
+TINY = ["--dataset", "synthetic", "--synthetic-users", "40", "--epochs", "1", "--hidden-size", "16"]
+TINY += ["--prefixes-per-user", "20"]  # a short epoch: the test only checks the plumbing
+
+
+@pytest.fixture(scope="module")
+def two_parts(tmp_path_factory):
+    """Two parallel-style jobs: seed 0 and seed 1 of GRU4Rec and TTT4Rec."""
+    root = tmp_path_factory.mktemp("model_table")
+    for seed in (0, 1):
+        argv = TINY + ["--models", "gru4rec", "ttt4rec", "--seeds", str(seed)]
+        argv += ["--option", "ttt4rec:mini_batch_size=4", "--out", str(root / f"part{seed}")]
+        assert main(argv) == 0
+    return root
+
+
+def _payload(directory):
+    return json.loads((directory / "model_table.json").read_text())
+
+
+def test_each_part_records_runs_with_metrics_in_range(two_parts):
+    payload = _payload(two_parts / "part0")
+    assert [(r["model"], r["seed"]) for r in payload["runs"]] == [("gru4rec", 0), ("ttt4rec", 0)]
+    for run in payload["runs"]:
+        for protocol in ("sampled", "full"):
+            for metric in ("NDCG@5", "NDCG@10", "HR@5", "HR@10"):
+                assert 0.0 <= run[protocol][metric] <= 1.0
+            # A hit in the top 5 is a hit in the top 10.
+            assert run[protocol]["HR@5"] <= run[protocol]["HR@10"]
+        assert run["settings"]["prefixes_per_user"] == 20
+    ttt = payload["runs"][1]["settings"]["options"]
+    assert ttt == ["ttt4rec:mini_batch_size=4"]
+    assert payload["runs"][0]["settings"]["options"] == []
+
+
+def test_merge_gives_mean_and_std_over_the_parts(two_parts, tmp_path):
+    out = tmp_path / "merged"
+    parts = [str(two_parts / "part0"), str(two_parts / "part1")]
+    assert main(["--merge", *parts, "--out", str(out)]) == 0
+    summary = _payload(out)["summary"]
+    for model in ("gru4rec", "ttt4rec"):
+        values = [
+            _payload(two_parts / f"part{seed}")["runs"][index]["full"]["NDCG@10"]
+            for seed in (0, 1)
+            for index, run in enumerate(_payload(two_parts / f"part{seed}")["runs"])
+            if run["model"] == model
+        ]
+        mean, std = summary[model]["full"]["NDCG@10"]
+        assert mean == pytest.approx(sum(values) / 2)
+        assert std == pytest.approx(abs(values[0] - values[1]) / 2)
+    table = (out / "model_table.md").read_text()
+    assert "seeds 0, 1" in table and "| ttt4rec |" in table
+
+
+def test_merge_refuses_runs_trained_differently(two_parts, tmp_path, capsys):
+    other = tmp_path / "other"
+    argv = TINY + ["--models", "gru4rec", "--seeds", "2", "--prefixes-per-user", "5"]
+    assert main(argv + ["--out", str(other)]) == 0
+    capsys.readouterr()
+    code = main(["--merge", str(two_parts / "part0"), str(other), "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert err.startswith("model_table: error:") and "prefixes_per_user" in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+
+
+def test_merge_refuses_a_run_twice_and_a_missing_folder(two_parts, tmp_path, capsys):
+    part = str(two_parts / "part0")
+    assert main(["--merge", part, part, "--out", str(tmp_path / "a")]) != 0
+    assert "appears twice" in capsys.readouterr().err
+    assert main(["--merge", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b")]) != 0
+    assert "no model_table.json" in capsys.readouterr().err
