@@ -124,6 +124,8 @@ def load_runs(directories: list[str]) -> tuple[str, list[dict]]:
         if not path.is_file():
             raise ValueError(f"no model_table.json in {directory}")
         payload = json.loads(path.read_text())
+        if not isinstance(payload, dict) or not {"args", "runs"} <= payload.keys():
+            raise ValueError(f"{path} is not a model-table output (no 'args' and 'runs')")
         # Older outputs kept the settings only once per file, in its arguments.
         file_args = argparse.Namespace(**payload["args"])
         for run in payload["runs"]:

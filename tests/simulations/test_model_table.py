@@ -80,3 +80,8 @@ def test_merge_refuses_a_run_twice_and_a_missing_folder(two_parts, tmp_path, cap
     assert "appears twice" in capsys.readouterr().err
     assert main(["--merge", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b")]) != 0
     assert "no model_table.json" in capsys.readouterr().err
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "model_table.json").write_text('{"rows": []}')
+    assert main(["--merge", str(stray), "--out", str(tmp_path / "c")]) != 0
+    assert "not a model-table output" in capsys.readouterr().err
