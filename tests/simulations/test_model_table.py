@@ -49,9 +49,9 @@ def test_merge_gives_mean_and_std_over_the_parts(two_parts, tmp_path):
     summary = _payload(out)["summary"]
     for model in ("gru4rec", "ttt4rec"):
         values = [
-            _payload(two_parts / f"part{seed}")["runs"][index]["full"]["NDCG@10"]
+            run["full"]["NDCG@10"]
             for seed in (0, 1)
-            for index, run in enumerate(_payload(two_parts / f"part{seed}")["runs"])
+            for run in _payload(two_parts / f"part{seed}")["runs"]
             if run["model"] == model
         ]
         mean, std = summary[model]["full"]["NDCG@10"]
