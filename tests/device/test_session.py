@@ -8,7 +8,7 @@ import torch
 
 from device.fusion import RankSigmoidFusion, SRMOnlyFusion, rerank
 from device.models.sasrec import SASRec, SASRecConfig
-from device.models.ttt4rec import TTT4Rec, TTT4RecConfig
+from device.models.ttt4rec import TTT4Rec
 from device.policies import NeverPolicy, PeriodicPolicy, RandomPolicy
 from device.session import (
     DeviceSession,
@@ -26,17 +26,8 @@ NUM_ITEMS = 40
 
 
 @pytest.fixture(scope="module")
-def ttt() -> TTT4Rec:
-    torch.manual_seed(0)
-    config = TTT4RecConfig(
-        num_items=NUM_ITEMS,
-        hidden_size=16,
-        num_heads=2,
-        mini_batch_size=4,
-        intermediate_size=32,
-        initializer_range=0.1,
-    )
-    return TTT4Rec(config).eval()
+def ttt(tiny_ttt4rec) -> TTT4Rec:
+    return tiny_ttt4rec(NUM_ITEMS, initializer_range=0.1)
 
 
 @pytest.fixture(scope="module")

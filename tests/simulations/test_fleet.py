@@ -14,7 +14,6 @@ from cli.main import main as cli_main
 from cloud.config import BackboneConfig, GeneratorConfig
 from cloud.generator import CandidateGenerator
 from cloud.server import ServerConfig, create_server
-from cloud.training import TrainConfig, train_generator
 from device.checkpoint import load_srm, save_srm
 from device.models.ttt4rec import TTT4Rec, TTT4RecConfig
 from shared.datasets.synthetic import make_synthetic
@@ -63,31 +62,14 @@ def stream(split) -> ReplayStream:
 
 
 @pytest.fixture(scope="module")
-def generator(split) -> CandidateGenerator:
-    """A tiny T5 generator after a few training steps (as tests/cloud/conftest.py builds it)."""
-    backbone = BackboneConfig(d_model=16, num_layers=1, num_decoder_layers=1, num_heads=2, d_ff=32)
-    config = GeneratorConfig(backbone=backbone, max_history=8, num_beams=N)
-    gen = CandidateGenerator.create(config, split.train, split.num_items, seed=0)
-    train = TrainConfig(
-        epochs=1, batch_size=16, samples_per_epoch=48, max_eval_users=4, eval_n=10, progress=False
-    )
-    train_generator(gen, split, train)
-    return gen
+def generator(split, tiny_generator) -> CandidateGenerator:
+    return tiny_generator(split, N)
 
 
 @pytest.fixture(scope="module")
-def srm_dir(split, tmp_path_factory):
+def srm_dir(split, tiny_ttt4rec, tmp_path_factory):
     """A tiny TTT4Rec, spread enough that its order differs from the LLM's, saved to disk."""
-    torch.manual_seed(0)
-    config = TTT4RecConfig(
-        num_items=split.num_items,
-        hidden_size=16,
-        num_heads=2,
-        mini_batch_size=4,
-        intermediate_size=32,
-        initializer_range=0.5,
-    )
-    return str(save_srm(TTT4Rec(config).eval(), tmp_path_factory.mktemp("srm")))
+    return str(save_srm(tiny_ttt4rec(split.num_items), tmp_path_factory.mktemp("srm")))
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from cloud.config import BackboneConfig, GeneratorConfig
-from cloud.generator import CandidateGenerator
-from cloud.training import TrainConfig, train_generator
 from device.fusion import LLMOnlyFusion, RankSigmoidFusion, rerank
-from device.models.ttt4rec import TTT4Rec, TTT4RecConfig
+from device.models.ttt4rec import TTT4Rec
 from device.policies import (
     AlwaysPolicy,
     ConsistencyPolicy,
@@ -70,34 +67,13 @@ def split():
 
 
 @pytest.fixture(scope="module")
-def generator(split):
-    """A tiny T5 generator after a few training steps (as tests/cloud/conftest.py builds it)."""
-    backbone = BackboneConfig(
-        kind="t5", d_model=16, num_layers=1, num_decoder_layers=1, num_heads=2, d_ff=32
-    )
-    config = GeneratorConfig(backbone=backbone, max_history=8, num_beams=N)
-    gen = CandidateGenerator.create(config, split.train, split.num_items)
-    train_generator(
-        gen,
-        split,
-        TrainConfig(epochs=1, batch_size=16, samples_per_epoch=48, max_eval_users=4, eval_n=10),
-    )
-    return gen
+def generator(split, tiny_generator):
+    return tiny_generator(split, N)
 
 
 @pytest.fixture(scope="module")
-def srm(split):
-    """A tiny TTT4Rec with random weights spread enough that its order differs from the LLM's."""
-    torch.manual_seed(0)
-    config = TTT4RecConfig(
-        num_items=split.num_items,
-        hidden_size=16,
-        num_heads=2,
-        mini_batch_size=4,
-        intermediate_size=32,
-        initializer_range=0.5,
-    )
-    return TTT4Rec(config).eval()
+def srm(split, tiny_ttt4rec):
+    return tiny_ttt4rec(split.num_items)
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,8 @@ import pytest
 import torch
 
 from cli.main import main
-from cloud.config import BackboneConfig, GeneratorConfig
-from cloud.generator import CandidateGenerator
-from cloud.training import TrainConfig, train_generator
 from device.checkpoint import save_srm
 from device.fusion import RankSigmoidFusion
-from device.models.ttt4rec import TTT4Rec, TTT4RecConfig
 from device.policies import ConsistencyPolicy, LearnedPolicy, ThresholdRule
 from shared.datasets.synthetic import make_synthetic
 from shared.splits import split_stream
@@ -47,41 +43,15 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-def tiny_generator(split) -> CandidateGenerator:
-    """A tiny T5 generator after a few training steps (as tests/cloud/conftest.py builds it)."""
-    backbone = BackboneConfig(
-        kind="t5", d_model=16, num_layers=1, num_decoder_layers=1, num_heads=2, d_ff=32
-    )
-    config = GeneratorConfig(backbone=backbone, max_history=8, num_beams=20)
-    gen = CandidateGenerator.create(config, split.train, split.num_items)
-    train_config = TrainConfig(
-        epochs=1, batch_size=16, samples_per_epoch=64, max_eval_users=4, eval_n=10, progress=False
-    )
-    train_generator(gen, split, train_config)
-    return gen
-
-
-def tiny_ttt4rec(num_items: int) -> TTT4Rec:
-    torch.manual_seed(0)
-    config = TTT4RecConfig(
-        num_items=num_items,
-        hidden_size=16,
-        num_heads=2,
-        mini_batch_size=4,
-        intermediate_size=32,
-        initializer_range=0.5,
-    )
-    return TTT4Rec(config).eval()
-
-
 @pytest.fixture(scope="module")
-def streams():
+def streams(tiny_generator, tiny_ttt4rec):
     """Validation and test replay data of a synthetic data set (100 users, T = 10)."""
     dataset = make_synthetic(
         num_users=100, num_items=200, num_topics=8, min_length=25, max_length=30, seed=1
     )
     split = split_stream(dataset, test_window=10)
-    generator, srm = tiny_generator(split), tiny_ttt4rec(dataset.num_items)
+    generator = tiny_generator(split, 20, samples_per_epoch=64)
+    srm = tiny_ttt4rec(dataset.num_items)
     valid, test = prepare_streams(split, generator, srm, CONFIG)
     assert valid.stream.role == "valid" and np.isnan(valid.srm.full_ranks).all()
     return valid, test
@@ -207,12 +177,12 @@ def test_sweep_writes_tables_and_plot(streams, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def saved_models(tmp_path_factory):
+def saved_models(tiny_generator, tiny_ttt4rec, tmp_path_factory):
     """A tiny generator and TTT4Rec for `--dataset synthetic --synthetic-users 16`."""
     dataset = make_synthetic(num_users=16, seed=4)
     split = split_stream(dataset, test_window=5)
     folder = tmp_path_factory.mktemp("models")
-    tiny_generator(split).save_pretrained(folder / "llm")
+    tiny_generator(split, 20, samples_per_epoch=64).save_pretrained(folder / "llm")
     save_srm(tiny_ttt4rec(dataset.num_items), folder / "srm")
     return folder
 
