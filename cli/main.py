@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from shared.progress import NO_PROGRESS_ENV
 
 # Subcommand modules, in the order `lsc4rec --help` lists them.
 SUBCOMMAND_MODULES = (
@@ -33,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lsc4rec",
         description="Device-cloud collaborative recommendation (LLM candidates + TTT4Rec reranking).",
     )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help=f"no progress bars (the same as {NO_PROGRESS_ENV}=1)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in SUBCOMMAND_MODULES:
         try:
@@ -48,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.no_progress:
+        os.environ[NO_PROGRESS_ENV] = "1"  # read by every bar, in this process and its children
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

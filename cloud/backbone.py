@@ -34,6 +34,21 @@ def _peft_wrapping() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """Hide transformers' "Loading weights" bar: a local folder loads in milliseconds, and the
+    bar's carriage returns end up in logs and in the server's JSON-lines stderr."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def build_model(backbone: BackboneConfig, vocab_size: int, pad_id: int, eos_id: int):
     """A randomly initialised model of the configured family.
 
@@ -106,7 +121,8 @@ def load_pretrained(path: str | Path):
         raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json) beside the model")
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     model_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    model = model_class.from_pretrained(folder, local_files_only=True)
+    with _no_loading_bar():
+        model = model_class.from_pretrained(folder, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return model, tokenizer
 
@@ -181,10 +197,11 @@ def load_model(folder: Path):
         raise FileNotFoundError(f"{model_dir}: no saved model (config.json missing)")
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     model_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    model = model_class.from_pretrained(model_dir, local_files_only=True)
+    with _no_loading_bar():
+        model = model_class.from_pretrained(model_dir, local_files_only=True)
     if (folder / "adapter" / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        with _peft_wrapping():
+        with _peft_wrapping(), _no_loading_bar():
             model = PeftModel.from_pretrained(model, folder / "adapter", is_trainable=False)
     return model.eval()

@@ -5,7 +5,9 @@
     # {"ts": "2025-01-01T12:00:00.123Z", "level": "info", "logger": "lsc4rec.server",
     #  "msg": "serving", "port": 50051}
 
-Fields passed through `extra=` become top-level keys.
+Fields passed through `extra=` become top-level keys. Python warnings (a library's deprecation
+notice, say) are captured too, as records of the `py.warnings` logger at level "warning", so
+that every line on stderr stays JSON.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def _iso_utc(created: float) -> str:
 
 
 def configure_json_logging(level: str = "info", stream: TextIO | None = None) -> None:
-    """Send the `lsc4rec.*` loggers to `stream` (default stderr) as JSON lines.
+    """Send the `lsc4rec.*` loggers and Python warnings to `stream` (default stderr) as JSON lines.
 
     Args:
         level: debug, info, warning or error.
@@ -65,3 +67,7 @@ def configure_json_logging(level: str = "info", stream: TextIO | None = None) ->
     root.handlers[:] = [handler]
     root.setLevel(numeric)
     root.propagate = False  # one line per record, not a second plain-text copy
+    logging.captureWarnings(True)  # warnings.warn -> the `py.warnings` logger, not bare stderr
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.handlers[:] = [handler]
+    warnings_logger.propagate = False

@@ -81,7 +81,7 @@ class EncoderDecoderStepper:
             encoder_outputs=(encoder_states,),
             attention_mask=self.attention_mask,
             decoder_input_ids=tokens,
-            past_key_values=self.cache,
+            cache=self.cache,  # named `past_key_values` before transformers 5.24
             use_cache=True,
         )
         return F.log_softmax(out.logits[:, -1].float(), dim=-1)
@@ -104,7 +104,7 @@ class DecoderOnlyStepper:
             input_ids=self.input_ids,
             attention_mask=self.attention_mask,
             position_ids=positions,
-            past_key_values=self.cache,
+            cache=self.cache,  # named `past_key_values` before transformers 5.24
             use_cache=True,
             logits_to_keep=1,
         )
@@ -120,7 +120,7 @@ class DecoderOnlyStepper:
             input_ids=tokens[:, None],
             attention_mask=self.attention_mask,
             position_ids=positions[:, None],
-            past_key_values=self.cache,
+            cache=self.cache,  # named `past_key_values` before transformers 5.24
             use_cache=True,
         )
         return F.log_softmax(out.logits[:, -1].float(), dim=-1)

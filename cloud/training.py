@@ -21,6 +21,7 @@ import torch
 from cloud.config import TrainConfig
 from cloud.generator import CandidateGenerator, pad_ids
 from shared.metrics import candidate_list_ranks, hit_rate, ndcg
+from shared.progress import progress_bar, progress_write
 from shared.splits import StreamSplit
 
 IGNORE = -100  # label value the loss skips (prompt and padding positions)
@@ -159,14 +160,12 @@ def _validate(generator, valid, config: TrainConfig, report: TrainReport, epoch:
 
 def _train_epoch(generator, split, examples, optimizer, scheduler, config, rng, epoch) -> float:
     """One pass over `examples` (`[E, 2]` user, position); returns the mean loss."""
-    from tqdm.auto import tqdm
-
     generator.model.train()
     num_templates = len(generator.config.templates)
     total, batches = 0.0, 0
     starts = range(0, len(examples), config.batch_size)
-    bar = tqdm(
-        starts, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False
+    bar = progress_bar(
+        starts, desc=f"epoch {epoch + 1}/{config.epochs}", enabled=config.progress, leave=False
     )
     for start in bar:
         chunk = examples[start : start + config.batch_size]
@@ -213,7 +212,4 @@ def _restore(model, state: dict[str, torch.Tensor] | None) -> None:
 
 
 def _log(config: TrainConfig, message: str) -> None:
-    if config.progress:
-        from tqdm.auto import tqdm
-
-        tqdm.write(message)
+    progress_write(message, enabled=config.progress)

@@ -73,11 +73,11 @@ def build_candidate_examples(
     progress: bool = True,
 ) -> CandidateExamples:
     """Ask the LLM for a list before each of the newest `per_user` clicks of every user."""
-    from tqdm.auto import tqdm
+    from shared.progress import progress_bar
 
     users, positions = choose_positions(sequences, per_user)
     lists: list[np.ndarray] = []
-    bar = tqdm(total=len(users), desc="LLM candidates", disable=not progress, leave=False)
+    bar = progress_bar(total=len(users), desc="LLM candidates", enabled=progress, leave=False)
     for start in range(0, len(users), batch_size):
         rows = range(start, min(start + batch_size, len(users)))
         histories = [sequences[users[r]][: positions[r]] for r in rows]

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from device.evaluation import evaluate_full, evaluate_in_lists, evaluate_sampled
 from device.models.base import SequentialRecommender
 from shared.batching import NextItemBatcher, fixed_eval_negatives, pad_histories
+from shared.progress import progress_bar
 
 PROTOCOLS = ("full", "sampled", "list")
 
@@ -164,8 +164,8 @@ def train_srm(
 def _train_one_epoch(model, batcher, optimizer, config: TrainConfig, epoch: int) -> float:
     model.train()
     total, count = 0.0, 0
-    bar = tqdm(
-        batcher, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress, leave=False
+    bar = progress_bar(
+        batcher, desc=f"epoch {epoch}/{config.epochs}", enabled=config.progress, leave=False
     )
     for batch in bar:
         history, items, labels = batch.to_torch()

@@ -306,10 +306,10 @@ def generate_lists(
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`[R, N]` items and scores of one fresh list per history, in chunks (one bar update each)."""
-    from tqdm.auto import tqdm
+    from shared.progress import progress_bar
 
     items, scores = [], []
-    bar = tqdm(total=len(histories), desc="fresh lists", unit="list", disable=not progress)
+    bar = progress_bar(total=len(histories), desc="fresh lists", unit="list", enabled=progress)
     for start in range(0, len(histories), config.chunk_size):
         chunk = histories[start : start + config.chunk_size]
         lists = generator.generate(chunk, n=config.n, batch_size=config.batch_size)
@@ -451,12 +451,14 @@ def compute_srm_tables(
             state after the stream (a validation stream ends where the test stream starts).
         progress: show a progress bar.
     """
-    from tqdm.auto import tqdm
+    from shared.progress import progress_bar
 
     shape = (stream.num_users, stream.window, stream.window, lists.items.shape[-1])
     logits = np.zeros(shape, dtype=np.float32)
     full = np.full((stream.num_users, stream.window), np.nan)
-    rows = tqdm(range(stream.num_users), desc=f"SRM on {stream.role} stream", disable=not progress)
+    rows = progress_bar(
+        range(stream.num_users), desc=f"SRM on {stream.role} stream", enabled=progress
+    )
     for row in rows:
         logits[row], full[row] = _user_tables(
             runner, stream, row, lists.items[row], num_items, resume

@@ -402,10 +402,9 @@ def reference_points(config: RequestRateConfig) -> list[PolicyPoint]:
 
 
 def _say(progress: bool, message: str) -> None:
-    if progress:
-        from tqdm.auto import tqdm
+    from shared.progress import progress_write
 
-        tqdm.write(message)
+    progress_write(message, enabled=progress)
 
 
 # ---------------------------------------------------------------- bootstrap and rows
@@ -547,14 +546,14 @@ def run_request_rate(
         config: the sweep.
         progress: show a progress bar over the points.
     """
-    from tqdm.auto import tqdm
+    from shared.progress import progress_bar
 
     config = RequestRateConfig() if config is None else config
     points, notes = build_points(valid, test.window, config, progress)
     points += reference_points(config)
     indices = bootstrap_indices(test.num_users, config.bootstrap_draws, config.seed)
     rows, results = [], []
-    for point in tqdm(points, desc="replaying policies", disable=not progress):
+    for point in progress_bar(points, desc="replaying policies", enabled=progress):
         result = run_point(test, point)
         results.append(result)
         rows.append(point_row(point, result, indices, config.confidence))

@@ -490,6 +490,7 @@ def test_serve_cli_reads_the_token_from_a_file(tmp_path):
 
 
 def test_serve_cli_serves_and_stops_cleanly_on_sigterm(generator, tmp_path):
+    """A served run from start to SIGTERM; every line on its stderr is a JSON record, none a warning."""
     model = tmp_path / "llm"
     generator.save_pretrained(model)
     command = [sys.executable, "-m", "cli.main", "serve", "--model", str(model), "--host",
@@ -511,10 +512,15 @@ def test_serve_cli_serves_and_stops_cleanly_on_sigterm(generator, tmp_path):
                 req([1, 2]), timeout=TIMEOUT
             )
             assert response.model_version == generator.model_version
+            with pytest.raises(grpc.RpcError) as bad:  # bad input is logged too
+                pb_grpc.CandidateServiceStub(channel).GetCandidates(req([]), timeout=TIMEOUT)
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         process.send_signal(signal.SIGTERM)
         assert process.wait(3 * TIMEOUT) == 0  # shutdown waits on grace; slow on a loaded machine
-        rest = [json.loads(line) for line in process.stderr.read().splitlines() if line.strip()]
+        rest = [json.loads(line) for line in process.stderr.read().splitlines()]
         assert [line["msg"] for line in rest][-2:] == ["shutting down", "stopped"]
+        warned = [line for line in lines + rest if line["level"] not in ("info", "debug")]
+        assert warned == []  # e.g. a library's deprecation notice, captured as JSON
     finally:
         if process.poll() is None:
             process.kill()
