@@ -5,7 +5,8 @@ minutes on 2 CPU cores; every stage prints what it did, and the last one where t
 
     1. data         MovieLens-100k from the recbole wheel; statistics
     2. train-llm    the cloud candidate generator (T5, atomic item ids, trie beam search)
-    3. train-srm    TTT4Rec on the device: alone, then collaborative (+ adaptive) with the LLM
+    3. train-srm    TTT4Rec on the device: alone (sequence-level, early stopping), then
+                    collaborative (+ adaptive) with the LLM
     4. experiment   the request-rate sweep (replay), table + plot
     5. devices      the real gRPC server and a short live device fleet against it
 """
@@ -23,7 +24,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage")
     parser.add_argument("--dataset", default="ml-100k", help="ml-100k (default) or synthetic")
     parser.add_argument("--llm-epochs", type=int, default=2, help="generator training epochs")
-    parser.add_argument("--srm-epochs", type=int, default=4, help="TTT4Rec epochs trained alone")
+    parser.add_argument(
+        "--srm-epochs", type=int, default=20, help="most TTT4Rec epochs trained alone (patience 3)"
+    )
     parser.add_argument("--fleet-users", type=int, default=100, help="users in the live fleet")
     parser.add_argument("--skip-fleet", action="store_true", help="stop after the sweep")
     parser.set_defaults(func=run)
@@ -63,8 +66,8 @@ def stages(args: argparse.Namespace, out: Path) -> list[tuple[str, list[str]]]:
                 srm,
                 "--epochs",
                 str(args.srm_epochs),
-                "--prefixes-per-user",
-                "20",
+                "--patience",
+                "3",
                 "--option",
                 "initializer_range=0.1",
                 "--collaborative",

@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-progress",
         action="store_true",
+        dest="global_no_progress",  # subcommands may have their own --no-progress
         help=f"no progress bars (the same as {NO_PROGRESS_ENV}=1)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.no_progress:
+    if args.global_no_progress:
         os.environ[NO_PROGRESS_ENV] = "1"  # read by every bar, in this process and its children
     if not getattr(args, "func", None):
         parser.print_help()

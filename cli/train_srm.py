@@ -22,8 +22,38 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--model", required=True, choices=MODELS, help="which SRM")
     add_dataset_args(parser)
     parser.add_argument("--out", required=True, help="checkpoint folder to write")
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument(
+        "--epochs", type=int, default=10, help="most training epochs (default 10, the papers')"
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=0,
+        help="stop after this many epochs without a better validation score (0 = never)",
+    )
+    parser.add_argument(
+        "--level",
+        default="sequence",
+        choices=("sequence", "prefix"),
+        help="sequence: every position of a window in one pass (default); prefix: one example each",
+    )
+    parser.add_argument(
+        "--loss",
+        default="bce",
+        choices=("bce", "sampled-softmax", "ce"),
+        help="bce with --negatives per pair (default), sampled-softmax, or ce (full softmax)",
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=0,
+        help="clicks between window starts; every target keeps >= max-len - stride clicks of "
+        "history (0 = max-len / 2)",
+    )
+    parser.add_argument("--windows-per-batch", type=int, default=32, help="level sequence")
+    parser.add_argument(
+        "--batch-size", type=int, default=256, help="examples per step, level prefix"
+    )
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--negatives", type=int, default=4, help="sampled negatives per positive")
     parser.add_argument("--hidden-size", type=int, default=64, help="embedding width")
@@ -39,7 +69,7 @@ def add_parser(subparsers) -> None:
         "--prefixes-per-user",
         type=int,
         default=0,
-        help="at most this many training examples per user per epoch (0 = all)",
+        help="level prefix: at most this many training examples per user per epoch (0 = all)",
     )
     parser.add_argument("--test-window", type=int, default=10, help="online stream length T")
     parser.add_argument(
@@ -119,6 +149,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = TrainConfig(
         epochs=args.epochs,
+        patience=args.patience,
+        level=args.level,
+        loss=args.loss,
+        stride=args.stride,
+        windows_per_batch=args.windows_per_batch,
         batch_size=args.batch_size,
         lr=args.lr,
         num_negatives=args.negatives,

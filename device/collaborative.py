@@ -233,7 +233,10 @@ def train_collaborative(
             fill_random=config.fill_random,
             seed=train_config.seed,
         )
-        stage = dataclasses.replace(train_config, epochs=config.epochs, select_protocol="list")
+        # One example per LLM list, BCE against its hard negatives (per-prefix batches).
+        stage = dataclasses.replace(
+            train_config, epochs=config.epochs, select_protocol="list", level="prefix", loss="bce"
+        )
         results["collaborative"] = train_srm(model, sequences, valid, stage, on_epoch, batcher)
     if config.adaptive_epochs:
         batcher = NextItemBatcher(
@@ -250,6 +253,8 @@ def train_collaborative(
             epochs=config.adaptive_epochs,
             lr=config.adaptive_lr,
             select_protocol="list",
+            level="prefix",
+            loss="bce",
         )
         results["adaptive"] = train_srm(model, sequences, valid, stage, on_epoch, batcher)
     return results

@@ -1,10 +1,14 @@
-"""One training harness for every SRM: pointwise BCE with sampled negatives, Adam, per-epoch
-validation, the best epoch kept.
+"""One training harness for every SRM: Adam, per-epoch validation, early stopping, the best
+epoch kept.
 
     result = train_srm(model, train_sequences, valid, TrainConfig(epochs=10, seed=0))
 
-The examples are every (prefix → next item) of the training sequences (`shared.batching`),
-each with `num_negatives` items the user never clicked (1:4 as both papers train).
+The pairs are every (history → next item) of the training sequences. By default they are
+trained sequence-level: windows of `max_len` clicks (`shared.batching.WindowBatcher`), one
+forward pass giving the logits after every position (`level="sequence"`); `level="prefix"`
+encodes one history per example instead (the original path, BCE only). Losses
+(`device.losses`): `bce` with `num_negatives` items the user never clicked per pair (1:4 as
+both papers train), `sampled-softmax`, `ce`.
 """
 
 from __future__ import annotations
@@ -19,17 +23,25 @@ import numpy as np
 import torch
 
 from device.evaluation import evaluate_full, evaluate_in_lists, evaluate_sampled
+from device.losses import LOSSES, batch_loss
 from device.models.base import SequentialRecommender
-from shared.batching import NextItemBatcher, fixed_eval_negatives, pad_histories
+from shared.batching import NextItemBatcher, WindowBatcher, fixed_eval_negatives, pad_histories
 from shared.progress import progress_bar
 
 PROTOCOLS = ("full", "sampled", "list")
+LEVELS = ("sequence", "prefix")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10  # passes over the training examples (both papers: 10)
-    batch_size: int = 256  # examples per Adam step
+    epochs: int = 10  # most passes over the training pairs (both papers: 10)
+    batch_size: int = 256  # examples per Adam step (level "prefix")
+    level: str = "sequence"  # "sequence": whole windows in one pass; "prefix": one per example
+    loss: str = "bce"  # "bce" (1:num_negatives), "sampled-softmax" or "ce" (full softmax)
+    windows_per_batch: int = 32  # windows per Adam step (level "sequence")
+    stride: int = 0  # clicks between window starts (0 = max_len // 2; see WindowBatcher)
+    shared_negatives: bool = False  # sampled-softmax: one negative set per batch, not per row
+    sampler: str = "uniform"  # negatives "uniform" or by "popularity" (log-Q corrected)
     lr: float = 1e-3  # Adam learning rate (both papers: 1e-3)
     weight_decay: float = 0.0  # L2 on all weights; off as in the papers
     num_negatives: int = 4  # sampled negatives per positive (1:4)
@@ -51,6 +63,18 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.num_negatives < 1:
             raise ValueError(f"num_negatives must be >= 1, got {self.num_negatives}")
+        if self.level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {self.level!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.level == "prefix" and self.loss != "bce":
+            raise ValueError(f'level "prefix" trains with loss bce only, got {self.loss!r}')
+        if self.prefixes_per_user and self.level != "prefix":
+            raise ValueError('prefixes_per_user applies to level "prefix" only')
+        if self.windows_per_batch < 1:
+            raise ValueError(f"windows_per_batch must be >= 1, got {self.windows_per_batch}")
+        if not 0 <= self.stride <= self.max_len:
+            raise ValueError(f"stride must be in 0..max_len={self.max_len}, got {self.stride}")
         if self.select_protocol not in PROTOCOLS:
             raise ValueError(
                 f"select_protocol must be one of {PROTOCOLS}, got {self.select_protocol!r}"
@@ -129,15 +153,7 @@ def train_srm(
         The best epoch, its metric and a per-epoch log.
     """
     torch.manual_seed(config.seed)
-    batcher = batcher or NextItemBatcher(
-        train_sequences,
-        model.config.num_items,
-        max_len=config.max_len,
-        num_negatives=config.num_negatives,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        prefixes_per_user=config.prefixes_per_user or None,
-    )
+    batcher = batcher or make_batcher(model, train_sequences, config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     result = TrainResult(best_epoch=-1, best_metric=-1.0, config=asdict(config))
     best_state, stale = None, 0
@@ -161,21 +177,60 @@ def train_srm(
     return result
 
 
+def trains_sequence_level(model: SequentialRecommender) -> bool:
+    """True when the model gives logits after every position of a window in one pass."""
+    base = SequentialRecommender
+    cls = type(model)
+    return cls.encode_positions is not base.encode_positions or (
+        cls.score_positions is not base.score_positions
+    )
+
+
+def make_batcher(
+    model: SequentialRecommender, train_sequences: Sequence[np.ndarray], config: TrainConfig
+):
+    """The default batches: windows (level "sequence") or one example per prefix."""
+    if config.level == "prefix":
+        return NextItemBatcher(
+            train_sequences,
+            model.config.num_items,
+            max_len=config.max_len,
+            num_negatives=config.num_negatives,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            prefixes_per_user=config.prefixes_per_user or None,
+        )
+    if not trains_sequence_level(model):
+        raise ValueError(f'{model.name} has no per-position scores; use level "prefix"')
+    return WindowBatcher(
+        train_sequences,
+        model.config.num_items,
+        max_len=config.max_len,
+        stride=config.stride,
+        num_negatives=0 if config.loss == "ce" else config.num_negatives,
+        batch_size=config.windows_per_batch,
+        seed=config.seed,
+        shared_negatives=config.shared_negatives,
+        sampler=config.sampler,
+    )
+
+
 def _train_one_epoch(model, batcher, optimizer, config: TrainConfig, epoch: int) -> float:
+    """One pass over `batcher`; the mean loss per (history → next) pair."""
     model.train()
     total, count = 0.0, 0
     bar = progress_bar(
         batcher, desc=f"epoch {epoch}/{config.epochs}", enabled=config.progress, leave=False
     )
     for batch in bar:
-        history, items, labels = batch.to_torch()
-        loss = model.loss(history, items, labels)
+        own = batcher.own_item_mask(batch.users) if config.loss == "ce" else None
+        loss, pairs = batch_loss(model, batch, config.loss, own)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        total += loss.item() * len(items)
-        count += len(items)
+        total += loss.item() * pairs
+        count += pairs
         bar.set_postfix(loss=f"{total / count:.4f}")
     return total / max(count, 1)

@@ -33,8 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default="ttt4rec")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=10, help="epochs of training alone")
-    parser.add_argument("--prefixes-per-user", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=200, help="most epochs of training alone")
+    parser.add_argument("--patience", type=int, default=5, help="early stopping (0 = never)")
+    parser.add_argument("--loss", default="bce", choices=("bce", "sampled-softmax", "ce"))
     parser.add_argument("--collab-epochs", type=int, default=3)
     parser.add_argument("--collab-per-user", type=int, default=5)
     parser.add_argument("--adaptive-epochs", type=int, default=1)
@@ -94,7 +95,7 @@ def run_seed(seed, args, split, valid, examples, llm_scores) -> dict:
     torch.manual_seed(seed)
     opts = model_options(args.model, [f"{args.model}:{o}" for o in args.option])
     model = build_model(args.model, num_items=split.num_items, **opts)
-    config = TrainConfig(epochs=args.epochs, seed=seed, prefixes_per_user=args.prefixes_per_user)
+    config = TrainConfig(epochs=args.epochs, patience=args.patience, loss=args.loss, seed=seed)
     train_srm(model, split.train, valid, config)
     rows = {"alone": measure(model, valid, llm_scores, args.alpha)}
     collab = CollaborativeConfig(

@@ -26,14 +26,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--models", nargs="+", default=["din", "gru4rec", "sasrec", "ttt4rec"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument(
+        "--epochs", type=int, default=200, help="most epochs (the paper's table: 10, --patience 0)"
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=5,
+        help="stop after this many epochs without a better validation NDCG@10 (0 = never)",
+    )
+    parser.add_argument("--level", default="sequence", choices=("sequence", "prefix"))
+    parser.add_argument("--loss", default="bce", choices=("bce", "sampled-softmax", "ce"))
+    parser.add_argument("--negatives", type=int, default=4, help="per pair, for bce (1:4)")
+    parser.add_argument("--stride", type=int, default=0, help="window stride (0 = max-len / 2)")
+    parser.add_argument("--windows-per-batch", type=int, default=32)
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument(
         "--prefixes-per-user",
         type=int,
         default=0,
-        help="training examples per user per epoch (0 = every prefix, a full epoch)",
+        help="level prefix: training examples per user per epoch (0 = every prefix)",
     )
     parser.add_argument("--synthetic-users", type=int, default=500)
     parser.add_argument(
@@ -77,23 +90,41 @@ def run_one(name: str, seed: int, dataset, loo, negatives, args) -> dict:
     )
     config = TrainConfig(
         epochs=args.epochs,
+        patience=args.patience,
+        level=args.level,
+        loss=args.loss,
+        num_negatives=args.negatives,
+        stride=args.stride,
+        windows_per_batch=args.windows_per_batch,
         max_len=args.max_len,
         seed=seed,
         progress=True,
         prefixes_per_user=args.prefixes_per_user,
     )
     start = time.perf_counter()
-    result = train_srm(model, loo.train, valid, config)
+    result = train_srm(model, loo.train, valid, config, on_epoch=_epoch_printer(name, seed))
     histories = pad_histories(loo.test_history, args.max_len)
     return {
         "model": name,
         "seed": seed,
         "settings": run_settings(name, args),
         "best_epoch": result.best_epoch,
+        "epochs_run": len(result.epochs),
         "train_seconds": time.perf_counter() - start,
         "sampled": evaluate_sampled(model, histories, loo.test_target, negatives[loo.users]),
         "full": evaluate_full(model, histories, loo.test_target, exclude=loo.test_history),
     }
+
+
+def _epoch_printer(name: str, seed: int):
+    def show(epoch: int, record: dict) -> None:
+        print(
+            f"{name} seed {seed} epoch {epoch}: loss {record['loss']:.4f}, valid NDCG@10 "
+            f"{record['NDCG@10']:.4f} ({record['seconds']:.1f}s)",
+            flush=True,
+        )
+
+    return show
 
 
 def run_settings(name: str, args) -> dict:
@@ -101,6 +132,12 @@ def run_settings(name: str, args) -> dict:
     settings = {
         "dataset": args.dataset,
         "epochs": args.epochs,
+        "patience": args.patience,
+        "level": args.level,
+        "loss": args.loss,
+        "negatives": args.negatives,
+        "stride": args.stride,
+        "windows_per_batch": args.windows_per_batch,
         "hidden_size": args.hidden_size,
         "max_len": args.max_len,
         "prefixes_per_user": args.prefixes_per_user,
@@ -126,8 +163,11 @@ def load_runs(directories: list[str]) -> tuple[str, list[dict]]:
         payload = json.loads(path.read_text())
         if not isinstance(payload, dict) or not {"args", "runs"} <= payload.keys():
             raise ValueError(f"{path} is not a model-table output (no 'args' and 'runs')")
-        # Older outputs kept the settings only once per file, in its arguments.
-        file_args = argparse.Namespace(**payload["args"])
+        # Older outputs kept the settings only once per file, in its arguments (and were all
+        # trained one example per prefix, 10 epochs, BCE 1:4).
+        old = {"patience": 0, "level": "prefix", "loss": "bce", "negatives": 4, "stride": 0,
+               "windows_per_batch": 32}  # fmt: skip
+        file_args = argparse.Namespace(**{**old, **payload["args"]})
         for run in payload["runs"]:
             run.setdefault("settings", run_settings(run["model"], file_args))
             runs.append(run)
@@ -207,6 +247,21 @@ def markdown(summary: dict, dataset: str, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def training_markdown(runs: list[dict]) -> str:
+    """Per model: best epoch and epochs run of each seed, and the training time."""
+    lines = [
+        "| model | best epoch (per seed) | epochs run | train minutes (mean) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for model in dict.fromkeys(r["model"] for r in runs):
+        mine = sorted((r for r in runs if r["model"] == model), key=lambda r: r["seed"])
+        best = ", ".join(str(r["best_epoch"]) for r in mine)
+        ran = ", ".join(str(r.get("epochs_run", "?")) for r in mine)
+        minutes = np.mean([r["train_seconds"] for r in mine]) / 60
+        lines.append(f"| {model} | {best} | {ran} | {minutes:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -253,7 +308,7 @@ def write_outputs(runs: list[dict], dataset: str, seeds: list[int], args) -> int
     summary = aggregate(runs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(summary, dataset, seeds)
+    text = markdown(summary, dataset, seeds) + "\n" + training_markdown(runs)
     (out / "model_table.md").write_text(text)
     payload = {"dataset": dataset, "args": vars(args), "runs": runs, "summary": summary}
     (out / "model_table.json").write_text(json.dumps(payload, indent=2))

@@ -109,6 +109,38 @@ class SequentialRecommender(nn.Module):
         items = torch.arange(n, device=history.device).expand(history.size(0), n)
         return self.score(history, items)
 
+    # Sequence-level training: the logits after every position of a window in one pass.
+    def encode_positions(self, history: torch.Tensor) -> torch.Tensor:
+        """User features after every click: `[B, L]` right-padded ids -> `[B, L, D]`.
+
+        Row `t` reads clicks `0..t` only (causal), so it equals `encode(history[:, : t + 1])`.
+        `history` holds valid clicks first and at most `max_len` columns (a training window);
+        rows at pad positions are computed but meaningless.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no per-position features")
+
+    def item_features(self, items: torch.Tensor) -> torch.Tensor:
+        """`[..., D]` features of item ids `[...]` that user features are dotted with."""
+        return self.item_embedding(items)
+
+    def all_item_features(self) -> torch.Tensor:
+        """`[num_items + 1, D]` features of every item (row 0 is padding)."""
+        return self.item_features(torch.arange(self.config.num_items + 1))
+
+    def score_positions(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits of candidates after every position: `[B, L]`, `[B, L, C]` -> `[B, L, C]`.
+
+        `items[:, t]` are the candidates for the click after position `t`; the logits equal
+        `score(history[:, : t + 1], items[:, t])`.
+        """
+        features = self.encode_positions(history)  # [B, L, D]
+        # [B, L, C, D] @ [B, L, D, 1] -> [B, L, C]
+        return (self.item_features(items) @ features.unsqueeze(-1)).squeeze(-1)
+
+    def score_positions_all(self, history: torch.Tensor) -> torch.Tensor:
+        """Logits of every item after every position: `[B, L]` -> `[B, L, num_items + 1]`."""
+        return self.encode_positions(history) @ self.all_item_features().t()  # [B,L,D] @ [D,N]
+
     def loss(
         self, history: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:

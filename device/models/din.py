@@ -99,6 +99,9 @@ class DIN(SequentialRecommender):
     def _encode_history(self, history: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """History embeddings, their pad mask and their part of the first attention layer."""
         seq, _ = compact_history(history, self.config.max_len)  # [B, L]
+        return self._history_parts(seq)
+
+    def _history_parts(self, seq: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = self.emb_dropout(self.item_embedding(seq))  # [B, L, D]
         w_h, _, w_diff, _ = self.attention_first.weight.chunk(4, dim=1)  # 4 × [A, D]
         # The first layer is linear in its concatenated input, so the terms that depend on
@@ -107,16 +110,17 @@ class DIN(SequentialRecommender):
         return h, (seq != 0), h_part
 
     def _score_targets(
-        self, h: torch.Tensor, valid: torch.Tensor, h_part: torch.Tensor, t: torch.Tensor
+        self, h: torch.Tensor, allowed: torch.Tensor, h_part: torch.Tensor, t: torch.Tensor
     ) -> torch.Tensor:
-        """Logits of target embeddings `t` `[B, C, D]` given the encoded history."""
+        """Logits of target embeddings `t` `[B, C, D]` given the encoded history; `allowed`
+        (`[B, 1, L]` or `[B, C, L]`) says which history clicks each target may attend to."""
         _, w_t, w_diff, w_prod = self.attention_first.weight.chunk(4, dim=1)  # 4 × [A, D]
         t_part = t @ (w_t - w_diff).t()  # [B, C, D] @ [D, A] -> [B, C, A]
         prod = h.unsqueeze(1) * t.unsqueeze(2)  # [B, 1, L, D] * [B, C, 1, D] -> [B, C, L, D]
         pre = prod @ w_prod.t()  # [B, C, L, D] @ [D, A] -> [B, C, L, A]
         pre = pre + h_part.unsqueeze(1) + t_part.unsqueeze(2) + self.attention_first.bias
         weights = self.attention_rest(pre).squeeze(-1)  # [B, C, L, A] -> [B, C, L]
-        weights = weights * valid.unsqueeze(1)  # pads weigh 0; [B, 1, L] broadcast
+        weights = weights * allowed  # pads (and later clicks) weigh 0
         interest = weights @ h  # [B, C, L] @ [B, L, D] -> [B, C, D]
         features = torch.cat([interest, t, interest * t], dim=-1)  # [B, C, 3D]
         return self.predictor(features).squeeze(-1)  # [B, C, 3D] -> [B, C]
@@ -124,7 +128,29 @@ class DIN(SequentialRecommender):
     def score(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         h, valid, h_part = self._encode_history(history)
         t = self.emb_dropout(self.item_embedding(items))  # [B, C, D]
-        return self._score_targets(h, valid, h_part, t)
+        return self._score_targets(h, valid.unsqueeze(1), h_part, t)
+
+    def score_positions(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Target attention under a causal mask: the candidates `items[:, t]` attend to clicks
+        `0..t` of the right-padded window `history` `[B, L]`; `items` `[B, L, C]` -> `[B, L, C]`.
+
+        The attention unit runs once per (position, candidate, click): `L·C·L` per window, so
+        it suits a few sampled candidates, not the whole catalogue (`score_positions_all`).
+        """
+        h, valid, h_part = self._history_parts(history)
+        b, length, c = items.shape
+        t = self.emb_dropout(self.item_embedding(items)).reshape(b, length * c, -1)  # [B, LC, D]
+        causal = torch.ones(length, length, dtype=torch.bool, device=history.device).tril()
+        # Row t·C + c of the targets may read clicks 0..t: [LC, L] & [B, 1, L] -> [B, LC, L]
+        allowed = causal.repeat_interleave(c, dim=0).unsqueeze(0) & valid.unsqueeze(1)
+        return self._score_targets(h, allowed, h_part, t).view(b, length, c)
+
+    def score_positions_all(self, history: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(
+            "DIN scores each (position, item) pair with its own attention pass; a full softmax "
+            "over the catalogue after every position is out of reach: use loss bce or "
+            "sampled-softmax"
+        )
 
     def score_all(self, history: torch.Tensor) -> torch.Tensor:
         h, valid, h_part = self._encode_history(history)
@@ -135,7 +161,9 @@ class DIN(SequentialRecommender):
         table = self.emb_dropout(self.item_embedding.weight)  # [N, D]
         scores = [
             # [c, D] -> [B, c, D] (a view, no copy)
-            self._score_targets(h, valid, h_part, table[start : start + chunk].expand(b, -1, d))
+            self._score_targets(
+                h, valid.unsqueeze(1), h_part, table[start : start + chunk].expand(b, -1, d)
+            )
             for start in range(0, n, chunk)
         ]
         return torch.cat(scores, dim=1)  # [B, N]

@@ -84,10 +84,14 @@ class GRU4Rec(SequentialRecommender):
             `[B, D]`.
         """
         seq, lengths = compact_history(history, self.config.max_len)  # [B, L], [B]
-        x = self.emb_dropout(self.item_embedding(seq))  # [B, L, D]
-        # Right-padded and causal: the output at the last valid click never sees the pads.
+        return gather_last(self.encode_positions(seq), lengths)
+
+    def encode_positions(self, history: torch.Tensor) -> torch.Tensor:
+        """`[B, L, D]` features after every click of right-padded `history`."""
+        x = self.emb_dropout(self.item_embedding(history))  # [B, L, D]
+        # Right-padded and causal: the output at a valid click never sees the pads.
         out, _ = self.gru(x)  # [B, L, D] -> [B, L, G]
-        return self.head(gather_last(out, lengths))  # [B, G] -> [B, D]
+        return self.head(out)  # [B, L, G] -> [B, L, D]
 
     def score(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         feature = self.encode(history)  # [B, D]

@@ -143,18 +143,22 @@ class SASRec(SequentialRecommender):
             `[B, D]`.
         """
         seq, lengths = compact_history(history, self.config.max_len)  # [B, L], [B]
-        length = seq.size(1)
-        positions = torch.arange(length, device=seq.device)  # [L]
+        return gather_last(self.encode_positions(seq), lengths)
+
+    def encode_positions(self, history: torch.Tensor) -> torch.Tensor:
+        """`[B, L, D]` features after every click of right-padded `history` (`L <= max_len`)."""
+        length = history.size(1)
+        positions = torch.arange(length, device=history.device)  # [L]
         # sqrt(D) scaling as in the paper, so the positional signal does not dominate.
-        x = self.item_embedding(seq) * math.sqrt(self.config.hidden_size)  # [B, L, D]
+        x = self.item_embedding(history) * math.sqrt(self.config.hidden_size)  # [B, L, D]
         x = self.emb_dropout(x + self.position_embedding(positions))
-        valid = seq != 0  # [B, L]
-        causal = torch.ones(length, length, dtype=torch.bool, device=seq.device).tril()
+        valid = history != 0  # [B, L]
+        causal = torch.ones(length, length, dtype=torch.bool, device=history.device).tril()
         allowed = (causal & valid.unsqueeze(1)).unsqueeze(1)  # [L, L] & [B, 1, L] -> [B, 1, L, L]
         for block in self.blocks:
             # Zeroing pad positions keeps them from carrying anything between blocks.
             x = block(x, allowed) * valid.unsqueeze(-1)
-        return gather_last(self.final_norm(x), lengths)
+        return self.final_norm(x)
 
     def score(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         feature = self.encode(history)  # [B, D]

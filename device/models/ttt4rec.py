@@ -238,15 +238,25 @@ class TTT4Rec(SequentialRecommender):
         """
         # Valid clicks first, so mini-batch boundaries count from each user's first click.
         history, lengths = compact_history(history, self.config.max_len)  # [B, L], [B]
+        h, layer_states = self._forward(history)  # [B, L, D]
+        features = gather_last(h, lengths) * (lengths > 0)[:, None].to(h.dtype)  # [B, D]
+        return TTT4RecState.from_layers(layer_states, features), features
+
+    def _forward(self, history: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """Hidden states `[B, L, D]` after every click of right-padded `history`, and the
+        per-layer states left after its last valid click."""
         mask = history != 0  # [B, L]
         h = self.embed_dropout(self.item_embedding(history))  # [B, L, D]
         layer_states = []
         for block in self.blocks:
             h, layer_state = block(h, mask)
             layer_states.append(layer_state)
-        h = self.final_norm(h)  # [B, L, D]
-        features = gather_last(h, lengths) * (lengths > 0)[:, None].to(h.dtype)  # [B, D]
-        return TTT4RecState.from_layers(layer_states, features), features
+        return self.final_norm(h), layer_states
+
+    def encode_positions(self, history: torch.Tensor) -> torch.Tensor:
+        """`[B, L, D]` features after every click; mini-batch TTT is causal over a window
+        (the dual form reads only earlier tokens of a mini-batch), so row `t` sees clicks `<= t`."""
+        return self._forward(history)[0]
 
     def encode(self, history: torch.Tensor) -> torch.Tensor:
         """`F_s [B, D]`: the final hidden state at each user's last valid click."""

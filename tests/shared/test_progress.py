@@ -8,7 +8,8 @@ import os
 from shared.progress import NO_PROGRESS_ENV, progress_bar
 
 
-def test_a_bar_in_a_log_writes_whole_lines_without_carriage_returns():
+def test_a_bar_in_a_log_writes_whole_lines_without_carriage_returns(monkeypatch):
+    monkeypatch.delenv(NO_PROGRESS_ENV, raising=False)
     log = io.StringIO()  # not a terminal
     bar = progress_bar(range(5000), desc="epoch 1/1", stream=log)
     for step in bar:

@@ -9,7 +9,7 @@ import pytest
 from simulations.model_table import main
 
 TINY = ["--dataset", "synthetic", "--synthetic-users", "40", "--epochs", "1", "--hidden-size", "16"]
-TINY += ["--prefixes-per-user", "20"]  # a short epoch: the test only checks the plumbing
+TINY += ["--patience", "0"]  # one epoch: the test only checks the plumbing
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,8 @@ def test_each_part_records_runs_with_metrics_in_range(two_parts):
                 assert 0.0 <= run[protocol][metric] <= 1.0
             # A hit in the top 5 is a hit in the top 10.
             assert run[protocol]["HR@5"] <= run[protocol]["HR@10"]
-        assert run["settings"]["prefixes_per_user"] == 20
+        assert run["settings"]["level"] == "sequence" and run["settings"]["loss"] == "bce"
+        assert 1 == run["best_epoch"] == run["epochs_run"]
     ttt = payload["runs"][1]["settings"]["options"]
     assert ttt == ["ttt4rec:mini_batch_size=4"]
     assert payload["runs"][0]["settings"]["options"] == []
@@ -59,17 +60,18 @@ def test_merge_gives_mean_and_std_over_the_parts(two_parts, tmp_path):
         assert std == pytest.approx(abs(values[0] - values[1]) / 2)
     table = (out / "model_table.md").read_text()
     assert "seeds 0, 1" in table and "| ttt4rec |" in table
+    assert "| gru4rec | 1, 1 | 1, 1 |" in table  # best epoch and epochs run of each seed
 
 
 def test_merge_refuses_runs_trained_differently(two_parts, tmp_path, capsys):
     other = tmp_path / "other"
-    argv = TINY + ["--models", "gru4rec", "--seeds", "2", "--prefixes-per-user", "5"]
+    argv = TINY + ["--models", "gru4rec", "--seeds", "2", "--loss", "ce"]
     assert main(argv + ["--out", str(other)]) == 0
     capsys.readouterr()
     code = main(["--merge", str(two_parts / "part0"), str(other), "--out", str(tmp_path / "m")])
     err = capsys.readouterr().err.strip()
     assert code != 0
-    assert err.startswith("model_table: error:") and "prefixes_per_user" in err
+    assert err.startswith("model_table: error:") and "loss" in err
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "m").exists()
 
