@@ -367,6 +367,9 @@ class TTTLinear(nn.Module):
         lr = lr * mask.unsqueeze(1).to(lr.dtype)  # pad tokens take no inner step
         tau = self.tau()
         state = self.init_state(batch)
+        if size == 1:
+            z_bar, state = self._online_gd(state, xq, xk, xv, lr, tau[0])
+            return self._output(xq, z_bar, x)[:, :length], state
         outputs = []
         for k in range(num_mb):
             window = slice(k * size, (k + 1) * size)
@@ -387,6 +390,46 @@ class TTTLinear(nn.Module):
         z_bar = torch.cat(outputs, dim=2)  # [B, H, K·M, F]
         y = self._output(xq, z_bar, x)
         return y[:, :length], state
+
+    def _online_gd(
+        self,
+        state: TTTState,
+        xq: torch.Tensor,
+        xk: torch.Tensor,
+        xv: torch.Tensor,
+        lr: torch.Tensor,
+        tau: torch.Tensor,
+    ) -> tuple[torch.Tensor, TTTState]:
+        """`mini_batch_size = 1`: plain online GD, token by token, with the fewest ops.
+
+        The dual form with M = 1 reduces to `W ← W − τ·lr·XKᵀG`, then reading `XQ·W + b`; a
+        pad token has lr = 0 and so leaves `W` as it is, and with M = 1 no mini-batch is ever
+        left open (pos and the running sums stay 0). Written out, the per-token loop runs
+        about half the ops of the general path, which is what bounds its speed on small
+        training batches (the loop is sequential by nature: each gradient reads the last W).
+
+        Args:
+            xq, xk, xv: `[B, H, L, F]`; lr: `[B, H, L]` (0 on pads); tau: scalar τ₁.
+        Returns:
+            `(z_bar [B, H, L, F], state)` as the general path returns them.
+        """
+        eps = self.config.norm_eps
+        weight, bias = state.weight, state.bias.unsqueeze(-2)  # [B, H, F, F], [B, H, 1, F]
+        target = xv - xk  # [B, H, L, F]
+        eta = (tau * lr).unsqueeze(-1).unsqueeze(-1)  # [B, H, L, 1, 1]
+        outputs = []
+        for t in range(xq.shape[2]):
+            key = xk[:, :, t : t + 1]  # [B, H, 1, F]
+            z = key @ weight + bias  # [B, H, 1, F] @ [B, H, F, F] -> [B, H, 1, F]
+            grad = inner_loss_grad(
+                z, target[:, :, t : t + 1], self.ttt_norm_weight, self.ttt_norm_bias, eps
+            )
+            step = eta[:, :, t] * grad  # [B, H, 1, F]
+            weight = weight - key.transpose(-1, -2) @ step  # [B, H, F, 1] @ [B, H, 1, F]
+            bias = bias - step
+            outputs.append(xq[:, :, t : t + 1] @ weight + bias)  # [B, H, 1, F]
+        final = TTTState(weight, bias[:, :, 0], state.grad_weight, state.grad_bias, state.pos)
+        return torch.cat(outputs, dim=2), final
 
     def step(
         self, x: torch.Tensor, state: TTTState, mask: torch.Tensor
