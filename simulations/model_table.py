@@ -36,6 +36,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="stop after this many epochs without a better validation NDCG@10 (0 = never)",
     )
     parser.add_argument("--level", default="sequence", choices=("sequence", "prefix"))
+    parser.add_argument(
+        "--prefix-models",
+        nargs="*",
+        default=["din"],
+        help="models trained one example per prefix whatever --level says (DIN: a window costs "
+        "it as much as every prefix; see README)",
+    )
     parser.add_argument("--loss", default="bce", choices=("bce", "sampled-softmax", "ce"))
     parser.add_argument("--negatives", type=int, default=4, help="per pair, for bce (1:4)")
     parser.add_argument("--stride", type=int, default=0, help="window stride (0 = max-len / 2)")
@@ -91,7 +98,7 @@ def run_one(name: str, seed: int, dataset, loo, negatives, args) -> dict:
     config = TrainConfig(
         epochs=args.epochs,
         patience=args.patience,
-        level=args.level,
+        level=model_level(name, args),
         loss=args.loss,
         num_negatives=args.negatives,
         stride=args.stride,
@@ -109,6 +116,7 @@ def run_one(name: str, seed: int, dataset, loo, negatives, args) -> dict:
         "seed": seed,
         "settings": run_settings(name, args),
         "best_epoch": result.best_epoch,
+        "valid_NDCG@10": result.best_metric,
         "epochs_run": len(result.epochs),
         "train_seconds": time.perf_counter() - start,
         "sampled": evaluate_sampled(model, histories, loo.test_target, negatives[loo.users]),
@@ -127,13 +135,17 @@ def _epoch_printer(name: str, seed: int):
     return show
 
 
+def model_level(name: str, args) -> str:
+    return "prefix" if name in getattr(args, "prefix_models", []) else args.level
+
+
 def run_settings(name: str, args) -> dict:
     """What a run's numbers depend on besides its seed; `--merge` refuses to mix them."""
     settings = {
         "dataset": args.dataset,
         "epochs": args.epochs,
         "patience": args.patience,
-        "level": args.level,
+        "level": model_level(name, args),
         "loss": args.loss,
         "negatives": args.negatives,
         "stride": args.stride,
@@ -175,16 +187,23 @@ def load_runs(directories: list[str]) -> tuple[str, list[dict]]:
     return runs[0]["settings"]["dataset"], runs
 
 
+PER_MODEL_SETTINGS = ("options", "level")  # may differ between models, never within one
+
+
 def check_mergeable(runs: list[dict]) -> None:
-    """Raise ValueError unless the runs differ only by model options and seed, once each."""
+    """Raise ValueError unless the runs differ only by per-model settings and seed, once each."""
     if not runs:
         raise ValueError("nothing to merge: the folders hold no runs")
-    shared = {k: v for k, v in runs[0]["settings"].items() if k != "options"}
-    per_model: dict[str, list[str]] = {}
+
+    def common(settings: dict) -> dict:
+        return {k: v for k, v in settings.items() if k not in PER_MODEL_SETTINGS}
+
+    shared = common(runs[0]["settings"])
+    per_model: dict[str, dict] = {}
     seen = set()
     for run in runs:
         settings = run["settings"]
-        mine = {k: v for k, v in settings.items() if k != "options"}
+        mine = common(settings)
         if mine != shared:
             diff = sorted(k for k in shared.keys() | mine.keys() if shared.get(k) != mine.get(k))
             raise ValueError(
@@ -192,11 +211,11 @@ def check_mergeable(runs: list[dict]) -> None:
                 f"{', '.join(diff)} ({', '.join(f'{k}={mine.get(k)}' for k in diff)} vs "
                 f"{', '.join(f'{k}={shared.get(k)}' for k in diff)})"
             )
-        options = per_model.setdefault(run["model"], settings["options"])
-        if settings["options"] != options:
+        own = {k: settings.get(k) for k in PER_MODEL_SETTINGS}
+        first = per_model.setdefault(run["model"], own)
+        if own != first:
             raise ValueError(
-                f"cannot merge {run['model']} seed {run['seed']}: options "
-                f"{settings['options']} differ from {options}"
+                f"cannot merge {run['model']} seed {run['seed']}: {own} differ from {first}"
             )
         key = (run["model"], run["seed"])
         if key in seen:

@@ -63,11 +63,15 @@ def markdown(cells: list[dict], inits: list[float], sizes: list[int]) -> str:
             values = [_find(cells, init, s)[protocol]["NDCG@10"] for s in sizes]
             lines.append(f"| {init:g} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
         lines.append("")
-    lines += ["| initializer_range | mini_batch_size | best epoch | epochs run | minutes |",
-              "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines += ["| initializer_range | mini_batch_size | valid NDCG@10 (full) | best epoch "
+              "| epochs run | minutes |", "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for c in cells:
-        lines.append(f"| {c['initializer_range']:g} | {c['mini_batch_size']} | {c['best_epoch']} "
-                     f"| {c['epochs_run']} | {c['train_seconds'] / 60:.1f} |")  # fmt: skip
+        lines.append(f"| {c['initializer_range']:g} | {c['mini_batch_size']} "
+                     f"| {c['valid_NDCG@10']:.4f} | {c['best_epoch']} | {c['epochs_run']} "
+                     f"| {c['train_seconds'] / 60:.1f} |")  # fmt: skip
+    best = max(cells, key=lambda c: c["valid_NDCG@10"])
+    lines.append(f"\nBest on validation: initializer_range {best['initializer_range']:g}, "
+                 f"mini_batch_size {best['mini_batch_size']}.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

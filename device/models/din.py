@@ -134,16 +134,29 @@ class DIN(SequentialRecommender):
         """Target attention under a causal mask: the candidates `items[:, t]` attend to clicks
         `0..t` of the right-padded window `history` `[B, L]`; `items` `[B, L, C]` -> `[B, L, C]`.
 
-        The attention unit runs once per (position, candidate, click): `L·C·L` per window, so
-        it suits a few sampled candidates, not the whole catalogue (`score_positions_all`).
+        The attention unit runs once per (position, candidate, earlier click): only the
+        `P = L(L+1)/2` pairs `j <= t` are computed, `C·P` units per window. That is the same
+        work as one example per prefix, so unlike the other SRMs DIN gains little from
+        windows; it suits a few sampled candidates, not the whole catalogue.
         """
-        h, valid, h_part = self._history_parts(history)
+        h, valid, h_part = self._history_parts(history)  # [B, L, D], [B, L], [B, L, A]
         b, length, c = items.shape
-        t = self.emb_dropout(self.item_embedding(items)).reshape(b, length * c, -1)  # [B, LC, D]
-        causal = torch.ones(length, length, dtype=torch.bool, device=history.device).tril()
-        # Row t·C + c of the targets may read clicks 0..t: [LC, L] & [B, 1, L] -> [B, LC, L]
-        allowed = causal.repeat_interleave(c, dim=0).unsqueeze(0) & valid.unsqueeze(1)
-        return self._score_targets(h, allowed, h_part, t).view(b, length, c)
+        t = self.emb_dropout(self.item_embedding(items))  # [B, L, C, D]
+        _, w_t, w_diff, w_prod = self.attention_first.weight.chunk(4, dim=1)  # 4 × [A, D]
+        rows, cols = torch.tril_indices(length, length, device=history.device)  # [P] t, j
+        t_rows = t[:, rows].transpose(1, 2)  # [B, P, C, D] -> [B, C, P, D]
+        h_cols = h[:, cols].unsqueeze(1)  # [B, 1, P, D]
+        pre = (t_rows * h_cols) @ w_prod.t()  # [B, C, P, D] @ [D, A] -> [B, C, P, A]
+        t_part = t @ (w_t - w_diff).t()  # [B, L, C, D] @ [D, A] -> [B, L, C, A]
+        pre = pre + t_part[:, rows].transpose(1, 2) + h_part[:, cols].unsqueeze(1)
+        pre = pre + self.attention_first.bias
+        pair_weights = self.attention_rest(pre).squeeze(-1)  # [B, C, P]
+        pair_weights = pair_weights * valid[:, cols].unsqueeze(1)  # pads weigh 0
+        weights = pair_weights.new_zeros(b, c, length, length)
+        weights[:, :, rows, cols] = pair_weights  # [B, C, L(t), L(j)], zero above the diagonal
+        interest = (weights @ h.unsqueeze(1)).transpose(1, 2)  # [B, C, L, D] -> [B, L, C, D]
+        features = torch.cat([interest, t, interest * t], dim=-1)  # [B, L, C, 3D]
+        return self.predictor(features).squeeze(-1)  # [B, L, C]
 
     def score_positions_all(self, history: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(
