@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from shared.datasets import DATASETS
 
@@ -28,3 +29,21 @@ def load_dataset_from_args(args: argparse.Namespace):
     if args.dataset == "synthetic":
         return load_dataset("synthetic", num_users=args.synthetic_users, seed=args.data_seed)
     return load_dataset(args.dataset, path=args.path, k_core=args.k_core)
+
+
+def read_token(path: str | None) -> str | None:
+    """The token in `path` (surrounding whitespace removed), or None without a path.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is empty.
+    """
+    if path is None:
+        return None
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"auth token file not found: {path}")
+    token = file.read_text().strip()
+    if not token:
+        raise ValueError(f"auth token file is empty: {path}")
+    return token

@@ -16,12 +16,15 @@ on the same port DOWN_S seconds later (the fault drill: no click may be lost).
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
-from cli.common import add_dataset_args, load_dataset_from_args
+from cli.common import add_dataset_args, load_dataset_from_args, read_token
 from cli.main import CLIError
 
 BACKENDS = ("process", "thread", "ray")  # = simulations.fleet.BACKENDS; --help stays light
+TOKEN_ENV = "LSC4REC_TOKEN"  # the bearer token, when no --token-file is given
 
 
 def add_parser(subparsers) -> None:
@@ -43,7 +46,16 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--fusion", default="lsc4rec", help="device fusion (default lsc4rec)")
     parser.add_argument("--seed", type=int, default=0, help="policies' random streams")
-    parser.add_argument("--token", default=None, help="bearer token, when the server wants one")
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"file holding the bearer token, when the server wants one (or set {TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="the bearer token itself: visible in the process list, prefer --token-file",
+    )
     parser.add_argument("--deadline-ms", type=float, default=200.0, help="deadline per attempt")
     parser.add_argument("--backend", choices=BACKENDS, default="process", help="device runner")
     parser.add_argument("--test-window", type=int, default=10, help="online stream length T")
@@ -55,6 +67,26 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--out", default="runs/devices", help="folder for fleet.json")
     parser.set_defaults(func=run)
+
+
+def resolve_token(args: argparse.Namespace) -> str | None:
+    """The bearer token from --token-file, else $LSC4REC_TOKEN, else --token (with a warning).
+
+    Raises:
+        FileNotFoundError, ValueError: an unreadable or empty token file.
+        CLIError: more than one source given.
+    """
+    given = [args.token_file is not None, bool(os.environ.get(TOKEN_ENV)), args.token is not None]
+    if sum(given) > 1:
+        raise CLIError(f"give the token once: --token-file, {TOKEN_ENV} or --token")
+    if args.token is not None:
+        print(
+            "lsc4rec devices: warning: --token puts the secret in the process list; "
+            f"use --token-file or {TOKEN_ENV}",
+            file=sys.stderr,
+        )
+        return args.token
+    return read_token(args.token_file) or os.environ.get(TOKEN_ENV) or None
 
 
 def parse_fault(text: str | None):
@@ -90,7 +122,7 @@ def _fleet_config(args: argparse.Namespace, target: str):
         deadline_ms=args.deadline_ms,
         total_timeout_ms=max(1000.0, 4 * args.deadline_ms),
         step_delay_ms=args.step_delay_ms,
-        token=args.token,
+        token=args.resolved_token,
     )
 
 
@@ -138,6 +170,7 @@ def _check_catalogue(args: argparse.Namespace, num_items: int) -> None:
 def run(args: argparse.Namespace) -> int:
     from simulations.fleet import FleetBackendError, run_fleet, summary_table, write_fleet_json
 
+    args.resolved_token = resolve_token(args)
     plan = parse_fault(args.fault)
     if plan is not None and args.llm is None:
         raise CLIError("--fault needs --llm: only a server this process runs can be restarted")
@@ -154,11 +187,25 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(err)) from None
     meta = {"dataset": dataset.name, "users": stream.num_users, "window": stream.window}
     path = write_fleet_json(result, Path(args.out) / "fleet.json", meta)
-    print(summary_table([{"workers": config.workers, **result.summary()}]))
+    summary = result.summary()
+    print(summary_table([{"workers": config.workers, **summary}]))
+    if summary["failures_by_status"]:
+        print(f"failed requests by status: {failure_counts(summary)}; initial fetches failed: "
+              f"{summary['initial_failed']} of {summary['initial_requests']}")  # fmt: skip
     if result.events:
         print(f"fault: {result.events}")
     print(f"wrote {path}")
+    if summary["initial_requests"] and not summary["any_request_ok"]:
+        # The devices kept recommending (their SRM over the catalogue), but the run measured
+        # no collaboration at all: a wrong address or token must not pass for a result.
+        raise CLIError(f"no request reached the cloud ({failure_counts(summary)}); check "
+                       "--server and the token")  # fmt: skip
     return 0
+
+
+def failure_counts(summary: dict) -> str:
+    """`UNAVAILABLE 400, DEADLINE_EXCEEDED 2` from a fleet summary."""
+    return ", ".join(f"{code} {count}" for code, count in summary["failures_by_status"].items())
 
 
 def _run_in_process(args: argparse.Namespace, stream, config, plan):
@@ -171,7 +218,7 @@ def _run_in_process(args: argparse.Namespace, stream, config, plan):
 
     generator = CandidateGenerator.from_pretrained(args.llm)
     # --token turns auth on for the in-process server too, so the drill covers it
-    server_config = ServerConfig(grace_s=1.0, auth_token=args.token)
+    server_config = ServerConfig(grace_s=1.0, auth_token=args.resolved_token)
     if plan is not None:
         return run_fleet_with_restart(generator, stream, config, plan, server_config)
     server, port = create_server(generator, "127.0.0.1:0", server_config)

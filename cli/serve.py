@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cli.common import read_token
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -45,24 +47,6 @@ def add_parser(subparsers) -> None:
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
     )
     parser.set_defaults(func=run)
-
-
-def read_token(path: str | None) -> str | None:
-    """The token in `path` (surrounding whitespace removed), or None without a path.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is empty.
-    """
-    if path is None:
-        return None
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"auth token file not found: {path}")
-    token = file.read_text().strip()
-    if not token:
-        raise ValueError(f"auth token file is empty: {path}")
-    return token
 
 
 def run(args: argparse.Namespace) -> int:

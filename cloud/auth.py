@@ -29,7 +29,7 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
     def __init__(self, token: str, open_prefixes: tuple[str, ...] = OPEN_METHOD_PREFIXES) -> None:
         if not token:
             raise ValueError("the auth token must not be empty")
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
         self._open_prefixes = open_prefixes
 
     def intercept_service(self, continuation, handler_call_details):
@@ -44,8 +44,12 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         for key, value in metadata:
             if key == "authorization":
                 given = value.encode() if isinstance(value, str) else value
+                # The scheme name is case-insensitive (RFC 9110 §11.1): "bearer" is "Bearer".
+                scheme, _, credentials = given.strip().partition(b" ")
+                if scheme.lower() != b"bearer":
+                    return False
                 # Constant-time comparison: response timing must not reveal the token.
-                return hmac.compare_digest(given, self._expected)
+                return hmac.compare_digest(credentials.strip(), self._expected)
         return False
 
 

@@ -30,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cloud.auth import BearerTokenInterceptor
+from cloud.guards import DataCallLimiter, MalformedRequestGuard
 from cloud.servicer import CandidateServicer, CandidateSource, RequestLimits
 from protos.lsc4rec.v1 import candidates_pb2 as pb
 from protos.lsc4rec.v1 import candidates_pb2_grpc as pb_grpc
@@ -92,9 +93,14 @@ class ServerConfig:
         )
 
     @property
+    def max_data_calls(self) -> int:
+        """Concurrent data calls: each queued or computing call holds a handler thread."""
+        return self.max_queue_size + self.max_batch_size
+
+    @property
     def handler_threads(self) -> int:
-        """Each queued or computing call holds a handler thread while it waits."""
-        return self.max_queue_size + self.max_batch_size + EXTRA_HANDLER_THREADS
+        """Data calls plus a reserve that health checks and reflection always find free."""
+        return self.max_data_calls + EXTRA_HANDLER_THREADS
 
 
 def _require(ok: bool, name: str, rule: str) -> None:
@@ -215,10 +221,8 @@ def create_server(
     )
     grpc_server = grpc.server(
         ThreadPoolExecutor(max_workers=config.handler_threads, thread_name_prefix="grpc-handler"),
-        interceptors=[BearerTokenInterceptor(config.auth_token)] if config.auth_token else [],
+        interceptors=interceptors(config),
         options=server_options(config),
-        # Past this many concurrent calls gRPC itself answers RESOURCE_EXHAUSTED.
-        maximum_concurrent_rpcs=config.handler_threads,
     )
     pb_grpc.add_CandidateServiceServicer_to_server(servicer, grpc_server)
     health_servicer = _add_health(grpc_server)
@@ -236,6 +240,18 @@ def create_server(
     if generator is not None:
         server.set_generator(generator)
     return server, port
+
+
+def interceptors(config: ServerConfig) -> list[grpc.ServerInterceptor]:
+    """Auth first (a refused call counts against nothing), then the data-call limit (health
+    and reflection are never counted), then the guard that turns unparsable requests into
+    INVALID_ARGUMENT."""
+    chain: list[grpc.ServerInterceptor] = []
+    if config.auth_token:
+        chain.append(BearerTokenInterceptor(config.auth_token))
+    chain.append(DataCallLimiter(config.max_data_calls, f"/{SERVICE_NAME}/"))
+    chain.append(MalformedRequestGuard())
+    return chain
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, int]]:

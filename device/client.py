@@ -46,7 +46,12 @@ class ClientConfig:
     initial_backoff_s: float = 0.05  # first backoff before jitter
     max_backoff_s: float = 1.0  # backoff cap: a device retries later anyway (the next click)
     backoff_multiplier: float = 2.0  # growth per attempt
-    retry_codes: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.UNAVAILABLE,)  # transient only
+    # Transient only. The client never cancels its own calls, so a CANCELLED it sees came from
+    # the other side (a call that reached a server as it shut down): as good as UNAVAILABLE.
+    retry_codes: tuple[grpc.StatusCode, ...] = (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+    )
     load_balancing: str = "round_robin"  # spread calls over every resolved replica
     health_check: bool = True  # round_robin skips replicas whose health is not SERVING
     token: str | None = field(default=None, repr=False)  # bearer token, when the server wants one

@@ -74,6 +74,10 @@ class SRMRunner(Protocol):
     def score_items(self, state: Any, history: np.ndarray, items: np.ndarray) -> np.ndarray:
         """`[C]` logits of `items` given the state (or, for stateless models, the history)."""
 
+    @property
+    def num_items(self) -> int | None:
+        """The catalogue size (items 1..num_items), None if the model does not say."""
+
 
 class StatefulRunner:
     """Adapter for a model with `init_state(B)`, `step(state, items[B])` and `score_features`.
@@ -89,6 +93,7 @@ class StatefulRunner:
         if isinstance(model, torch.nn.Module):
             model.eval()  # no dropout on the device
         self.model = model
+        self.num_items = catalogue_size(model)
 
     def init_state(self) -> tuple[Any, torch.Tensor]:
         state = self.model.init_state(1)
@@ -120,6 +125,7 @@ class HistoryRunner:
         model.eval()  # no dropout on the device
         self.model = model
         self.max_len = max_len or getattr(getattr(model, "config", None), "max_len", None)
+        self.num_items = catalogue_size(model)
 
     def init_state(self) -> None:
         return None
@@ -136,6 +142,15 @@ class HistoryRunner:
         hist = torch.as_tensor(recent)[None]  # [1, L]
         candidates = torch.as_tensor(np.asarray(items, dtype=np.int64))[None]  # [1, C]
         return self.model.score(hist, candidates)[0].detach().cpu().numpy().astype(np.float64)
+
+
+def catalogue_size(model: Any) -> int | None:
+    """`num_items` of a torch SRM's config or of an ONNX model's stored config dict."""
+    config = getattr(model, "config", None)
+    size = (
+        config.get("num_items") if isinstance(config, dict) else getattr(config, "num_items", None)
+    )
+    return int(size) if size else None
 
 
 def make_runner(model: Any) -> SRMRunner:
@@ -303,14 +318,27 @@ class DeviceSession:
     def recommend(self, k: int | None = None) -> np.ndarray:
         """Top-`k` items (default `config.top_k`): the cached list reranked, history removed.
 
-        Returns an empty array while no list is cached.
+        While no list is cached (the cloud was never reached), the SRM ranks the whole
+        catalogue instead (`fallback`): a device always shows something.
         """
         k = self.config.top_k if k is None else k
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if self.cached is None:
-            return np.zeros(0, dtype=np.int64)
+            return self.fallback(k)
         return rerank(self.cached.candidates, self.srm_logits(), self._history, self.fusion, k)
+
+    def fallback(self, k: int) -> np.ndarray:
+        """Top-`k` of the SRM over every item outside the history (empty if the runner does
+        not know its catalogue size)."""
+        num_items = getattr(self.runner, "num_items", None)
+        if not num_items:
+            return np.zeros(0, dtype=np.int64)
+        items = np.arange(1, num_items + 1, dtype=np.int64)
+        logits = np.asarray(self.runner.score_items(self._state, self.history, items), float)
+        logits[np.asarray(self._history, dtype=np.int64) - 1] = -np.inf  # never a clicked item
+        order = np.argsort(-logits, kind="stable")[:k]
+        return items[order[np.isfinite(logits[order])]]
 
     def update_candidates(self, candidates: CandidateList) -> None:
         """Cache a new list, stamped with the current step.

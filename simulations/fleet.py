@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -319,6 +320,11 @@ class FleetResult:
             "requests_ok": sum(r.ok for r in stream_requests),
             "requests_failed": sum(not r.ok for r in stream_requests),
             "initial_failed": sum(not r.ok for r in self.requests if r.step < 0),
+            "initial_requests": sum(r.step < 0 for r in self.requests),
+            "any_request_ok": any(r.ok for r in self.requests),
+            "failures_by_status": dict(
+                sorted(Counter(r.status for r in self.requests if not r.ok).items())
+            ),
             "latency_p50_ms": _percentile_ms(ok, 50),
             "latency_p95_ms": _percentile_ms(ok, 95),
             "wall_s": self.wall_s,

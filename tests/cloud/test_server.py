@@ -23,8 +23,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from cli.common import read_token
 from cli.main import main as cli_main
-from cli.serve import read_token
 from cloud.generator import CandidateGenerator
 from cloud.server import SERVICE_NAME, ServerConfig, create_server
 from cloud.servicer import CandidateRequest, run_batch
@@ -275,6 +275,19 @@ def test_auth_rejects_missing_and_wrong_tokens(start_server, generator):
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_auth_scheme_is_case_insensitive_and_the_token_is_exact(start_server, generator):
+    _, stub, _ = start_server(generator, ServerConfig(default_n=N, auth_token="s3cret"))
+    for value in ("bearer s3cret", "BEARER s3cret", "Bearer s3cret "):
+        response = stub.GetCandidates(
+            req([1, 2]), timeout=TIMEOUT, metadata=(("authorization", value),)
+        )
+        assert_valid(response, [1, 2], N, generator.num_items)
+    for value in ("Basic s3cret", "bearer S3CRET", "Bearer s3cre", "Bearers3cret", "bearer"):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetCandidates(req([1, 2]), timeout=TIMEOUT, metadata=(("authorization", value),))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, value
+
+
 # --------------------------------------------------------------------------- health, reflection
 
 
@@ -368,6 +381,59 @@ def test_request_whose_deadline_passes_in_the_queue_never_uses_compute(start_ser
     assert [66, 67] not in gated.seen
     stats = server.servicer.batcher.stats
     assert stats.cancelled + stats.expired == 1
+
+
+def test_health_answers_under_data_overload_and_only_data_calls_are_refused(
+    start_server, generator, monkeypatch
+):
+    """A burst of 300 data calls and 60 health checks at once against a full server.
+
+    Two spare handler threads (instead of 16) make the overload reachable with one client.
+    """
+    monkeypatch.setattr("cloud.server.EXTRA_HANDLER_THREADS", 2)
+    gated = GatedGenerator(generator)
+    config = ServerConfig(
+        default_n=N, max_batch_size=1, max_wait_ms=0, max_queue_size=8, max_batch_requests=2
+    )
+    server, stub, channel = start_server(gated, config)
+    held = [stub.GetCandidates.future(req([1 + i]), timeout=TIMEOUT) for i in range(9)]
+    wait_until(lambda: gated.entered.is_set() and server.queue_depth == 8)  # 9 = the data limit
+    health = health_pb2_grpc.HealthStub(channel)
+    burst = [stub.GetCandidates.future(req([20 + i % 50]), timeout=TIMEOUT) for i in range(300)]
+    probes = [
+        health.Check.future(health_pb2.HealthCheckRequest(service=name), timeout=TIMEOUT)
+        for name in ("", SERVICE_NAME) * 30
+    ]
+    assert [p.result().status for p in probes] == [SERVING] * 60
+    codes = set()
+    for call in burst:
+        with pytest.raises(grpc.RpcError) as caught:
+            call.result()
+        codes.add(caught.value.code())
+    assert codes == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    gated.release.set()
+    for call, i in zip(held, range(9)):
+        assert_valid(call.result(), [1 + i], N, 120)
+
+
+@pytest.mark.parametrize(
+    ("method", "payload"),
+    [
+        ("GetCandidates", bytes(range(256)) * 3),  # random-looking bytes
+        ("GetCandidatesBatch", bytes(range(256)) * 3),
+        ("GetCandidates", b"\x10\xff"),  # history: a truncated varint
+        ("GetCandidates", b"\x10\x01\x22\x02\xff\xfe"),  # request_id: invalid UTF-8
+        ("GetCandidates", b"\x0a\x05ab"),  # user_id: a length past the end of the message
+    ],
+)
+def test_unparsable_requests_are_invalid_argument(start_server, generator, method, payload):
+    _, stub, channel = start_server(generator)
+    raw = channel.unary_unary(f"/{SERVICE_NAME}/{method}")  # bytes in, bytes out
+    with pytest.raises(grpc.RpcError) as caught:
+        raw(payload, timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed request" in caught.value.details()
+    assert_valid(stub.GetCandidates(req([1, 2]), timeout=TIMEOUT), [1, 2], N, 120)
 
 
 def test_full_queue_answers_resource_exhausted(start_server, generator):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -27,6 +28,7 @@ from device.client import (
     to_candidate_list,
 )
 from protos.lsc4rec.v1 import candidates_pb2 as pb
+from protos.lsc4rec.v1 import candidates_pb2_grpc as pb_grpc
 from shared.candidates import CandidateList
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -149,6 +151,35 @@ def test_unreachable_server_is_retried_with_backoff_then_reported(clients):
     assert result.attempts == 4
     assert len(sleeps) == 3
     assert all(0 <= s <= cap for s, cap in zip(sleeps, (0.01, 0.02, 0.02)))
+
+
+class CancelsFirstCalls(pb_grpc.CandidateServiceServicer):
+    """A server that answers CANCELLED to its first calls, as one shutting down may."""
+
+    def __init__(self, cancelled: int) -> None:
+        self.cancelled, self.calls = cancelled, 0
+
+    def GetCandidates(self, request, context):  # noqa: N802 (rpc name)
+        self.calls += 1
+        if self.calls <= self.cancelled:
+            context.abort(grpc.StatusCode.CANCELLED, "call cancelled by the server")
+        return pb.GetCandidatesResponse(items=[7, 8], scores=[-1.0, -2.0], model_version="v")
+
+
+def test_cancelled_by_the_server_is_retried_like_unavailable(clients):
+    servicer = CancelsFirstCalls(cancelled=2)
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_CandidateServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        client = clients(ClientConfig(target=f"127.0.0.1:{port}", timeout_s=TIMEOUT,
+                                      total_timeout_s=TIMEOUT, health_check=False))  # fmt: skip
+        result = client.fetch([1, 2], n=2)
+        assert result.ok and result.attempts == 3 and servicer.calls == 3
+        assert result.candidates.items.tolist() == [7, 8]
+    finally:
+        server.stop(0)
 
 
 def test_backoff_grows_exponentially_with_full_jitter_and_a_cap():

@@ -108,13 +108,30 @@ def test_srm_only_fusion_follows_the_carried_state(ttt):
     assert session.recommend(k=3).tolist() == (np.argsort(-direct, kind="stable")[:3] + 1).tolist()
 
 
-def test_cold_start_requests_and_shows_nothing_before_a_list(ttt):
-    session = DeviceSession(make_runner(ttt), NeverPolicy())
-    assert session.recommend().size == 0
+def test_cold_start_requests_and_ranks_with_the_srm_before_a_list(ttt):
+    session = DeviceSession(make_runner(ttt), NeverPolicy(), history=[3, 7])
+    shown = session.recommend(k=10)
+    with torch.no_grad():
+        direct = ttt.score_all(torch.tensor([[3, 7]]))[0, 1:].numpy()  # items 1..NUM_ITEMS
+    direct[[2, 6]] = -np.inf  # the history is never shown
+    assert shown.tolist() == (np.argsort(-direct, kind="stable")[:10] + 1).tolist()
     assert session.needs_refresh()  # no list: ask whatever the policy says
     cloud = Cloud()
     assert session.serve_step(cloud).size == 10
     assert session.stats.requests == 1 and not session.needs_refresh()
+
+
+@pytest.mark.parametrize("runner", ["ttt", "sasrec"])
+def test_a_device_that_never_reaches_the_cloud_keeps_recommending(runner, request):
+    cloud = Cloud()
+    cloud.failure = "raise"
+    model = request.getfixturevalue(runner)
+    session = DeviceSession(make_runner(model), PeriodicPolicy(1), history=[5])
+    for click in (9, 11, 13):
+        shown = session.serve_step(cloud, k=5)
+        assert len(shown) == 5 and not set(shown.tolist()) & set(session.history.tolist())
+        session.observe(click)
+    assert session.cached is None and session.stats.failures == session.stats.requests >= 1
 
 
 @pytest.mark.parametrize("failure", ["raise", "none"])

@@ -221,6 +221,56 @@ def test_cli_fault_drill_writes_json(cli_models, tmp_path, capsys):
     assert summary["requests_failed"] >= 1 and payload["events"]["restarted"] is True
 
 
+def test_cli_reports_failures_by_status_and_fails_when_no_request_succeeds(
+    cli_models, tmp_path, capsys, monkeypatch
+):
+    """With the wrong token every request is refused: the devices keep recommending, the
+    summary says why requests failed, and the command exits non-zero."""
+    token = tmp_path / "token"
+    token.write_text("right\n")
+    base = ["devices", "--llm", str(cli_models / "llm"), "--srm", str(cli_models / "srm")]
+    base += ["--dataset", "synthetic", "--synthetic-users", "12", "--users", "3", "--workers", "1"]
+    base += ["--backend", "thread", "--policy", "always", "-n", str(N), "--deadline-ms", "2000"]
+    base += ["--out", str(tmp_path)]
+    monkeypatch.setenv("LSC4REC_TOKEN", "right")
+    assert cli_main(base) == 0  # the in-process server wants the same token
+    capsys.readouterr()
+    assert cli_main([*base, "--token", "wrong"]) == 2  # both given: refused at once
+    assert "give the token once" in capsys.readouterr().err
+    monkeypatch.delenv("LSC4REC_TOKEN")
+    assert cli_main([*base, "--token-file", str(token)]) == 0
+    capsys.readouterr()
+    # A server wanting a token the devices do not send: every request is UNAUTHENTICATED.
+    monkeypatch.setattr("cli.devices.resolve_token", lambda args: "wrong")
+    import cloud.server
+
+    real = cloud.server.ServerConfig
+    monkeypatch.setattr(
+        cloud.server, "ServerConfig", lambda **kw: real(**{**kw, "auth_token": "right"})
+    )
+    assert cli_main(base) == 2
+    captured = capsys.readouterr()
+    payload = json.loads((tmp_path / "fleet.json").read_text())
+    failed = len(payload["requests"])  # every attempt, the 3 initial fetches included
+    assert failed > 3 and not any(r["ok"] for r in payload["requests"])
+    line = f"failed requests by status: UNAUTHENTICATED {failed}; initial fetches failed: 3 of 3"
+    assert line in captured.out
+    assert f"no request reached the cloud (UNAUTHENTICATED {failed})" in captured.err
+    assert payload["summary"]["steps_observed"] == 3 * WINDOW  # no click lost
+    ranks = np.asarray([d["ranks"] for d in payload["devices"]], dtype=float)
+    assert np.isfinite(ranks).any()  # the devices showed their SRM's ranking, not nothing
+
+
+def test_devices_token_option_warns_that_it_is_visible(capsys):
+    from argparse import Namespace
+
+    from cli.devices import resolve_token
+
+    args = Namespace(token="s3cret", token_file=None)
+    assert resolve_token(args) == "s3cret"
+    assert "process list" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_line(cli_models, capsys, monkeypatch):
     srm = str(cli_models / "srm")
     base = ["devices", "--dataset", "synthetic", "--synthetic-users", "12", "--srm", srm]
