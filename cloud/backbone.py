@@ -35,9 +35,10 @@ def _peft_wrapping() -> Iterator[None]:
 
 
 @contextmanager
-def _no_loading_bar() -> Iterator[None]:
-    """Hide transformers' "Loading weights" bar: a local folder loads in milliseconds, and the
-    bar's carriage returns end up in logs and in the server's JSON-lines stderr."""
+def _no_hf_bars() -> Iterator[None]:
+    """Hide transformers' "Loading weights" / "Writing model shards" bars: a local folder
+    loads or saves in milliseconds, and the bars' carriage returns end up in logs and in the
+    server's JSON-lines stderr."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -121,7 +122,7 @@ def load_pretrained(path: str | Path):
         raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json) beside the model")
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     model_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    with _no_loading_bar():
+    with _no_hf_bars():
         model = model_class.from_pretrained(folder, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return model, tokenizer
@@ -174,6 +175,11 @@ def inference_model(model):
 
 def save_model(model, folder: Path) -> None:
     """Save to `folder/model` (full weights, or the frozen base) and `folder/adapter` (LoRA)."""
+    with _no_hf_bars():
+        _save_model(model, folder)
+
+
+def _save_model(model, folder: Path) -> None:
     if not is_peft_model(model):
         model.save_pretrained(folder / "model")
         return
@@ -197,11 +203,11 @@ def load_model(folder: Path):
         raise FileNotFoundError(f"{model_dir}: no saved model (config.json missing)")
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     model_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    with _no_loading_bar():
+    with _no_hf_bars():
         model = model_class.from_pretrained(model_dir, local_files_only=True)
     if (folder / "adapter" / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        with _peft_wrapping(), _no_loading_bar():
+        with _peft_wrapping(), _no_hf_bars():
             model = PeftModel.from_pretrained(model, folder / "adapter", is_trainable=False)
     return model.eval()

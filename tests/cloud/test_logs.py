@@ -26,3 +26,14 @@ def test_log_records_and_python_warnings_are_json_lines():
     assert records[1]["logger"] == "py.warnings" and records[1]["level"] == "warning"
     assert "FutureWarning: `old` is deprecated" in records[1]["msg"]
     assert len(records) == 2
+
+
+def test_saving_and_loading_a_generator_draws_no_progress_bar(served_generator, tmp_path, capsys):
+    # transformers draws "Writing model shards" / "Loading weights" bars by default; in a log
+    # (or the server's JSON-lines stderr) they are carriage-return noise.
+    from cloud.generator import CandidateGenerator
+
+    served_generator.save_pretrained(tmp_path / "llm")
+    CandidateGenerator.from_pretrained(tmp_path / "llm")
+    captured = capsys.readouterr()
+    assert captured.err == "" and "\r" not in captured.out
