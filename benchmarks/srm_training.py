@@ -11,7 +11,10 @@ epoch, with the same model, loss (BCE 1:4), optimiser and thread count:
   (`max_len / 2`) a pair near a window's start keeps at least `max_len / 2` clicks of history
   instead of `max_len` (the JSON gives the share of pairs whose history is shorter).
 
-Rows: SASRec, and TTT4Rec at each `--mini-batch-sizes` (the paper's 1 and the default 16).
+Rows: each of `--models` (default SASRec and TTT4Rec), TTT4Rec at each `--mini-batch-sizes`
+(the paper's 1 and the default 16). `--models din` shows why DIN trains per prefix: its target
+attention runs once per (position, candidate, earlier click), so a window costs what its
+prefixes cost.
 Prints a table and writes JSON.
 
     python benchmarks/srm_training.py --out runs/bench/srm_training.json
@@ -51,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--mini-batch-sizes", type=int, nargs="+", default=[16, 1])
+    parser.add_argument(
+        "--models", nargs="+", default=["sasrec", "ttt4rec"], help="sasrec, ttt4rec, gru4rec, din"
+    )
     parser.add_argument("--prefix-batches", type=int, default=30, help="timed prefix steps")
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--hidden-size", type=int, default=64)
@@ -125,12 +131,16 @@ def run(args: argparse.Namespace) -> dict:
 
         return make
 
-    rows = time_variant("sasrec", maker("sasrec"), sequences, dataset.num_items, args)
-    for size in args.mini_batch_sizes:
-        make = maker("ttt4rec", mini_batch_size=size)
-        rows += time_variant(f"ttt4rec mb={size}", make, sequences, dataset.num_items, args)
+    rows = []
+    for name in args.models:
+        if name != "ttt4rec":
+            rows += time_variant(name, maker(name), sequences, dataset.num_items, args)
+            continue
+        for size in args.mini_batch_sizes:
+            make = maker("ttt4rec", mini_batch_size=size)
+            rows += time_variant(f"ttt4rec mb={size}", make, sequences, dataset.num_items, args)
     sequence_seconds = {r.model: r.seconds_per_epoch for r in rows if r.trainer == "sequence"}
-    ttt = [f"ttt4rec mb={s}" for s in args.mini_batch_sizes]
+    ttt = [f"ttt4rec mb={s}" for s in args.mini_batch_sizes if "ttt4rec" in args.models]
     ratios = {
         f"{a} / {b} (sequence)": sequence_seconds[a] / sequence_seconds[b]
         for a in ttt
