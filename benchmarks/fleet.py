@@ -142,13 +142,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from cloud.generator import CandidateGenerator
+    from cloud.loading import load_generator
     from simulations.fleet import FleetConfig, summary_table
 
     args = parse_args(argv)
     torch.set_num_threads(1)  # the server's model; devices set their own
     llm, srm, dataset = find_models(args)
-    generator = CandidateGenerator.from_pretrained(llm)
+    generator = load_generator(llm)
     stream = load_stream(dataset, args.users, args.window)
     base = FleetConfig(
         srm_dir=srm,

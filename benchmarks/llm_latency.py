@@ -58,9 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_generator(args, split, dataset):
     from cloud.config import GeneratorConfig
     from cloud.generator import CandidateGenerator
+    from cloud.loading import load_generator
 
     if args.model:
-        return CandidateGenerator.from_pretrained(args.model), True
+        return load_generator(args.model), True
     gen = CandidateGenerator.create(GeneratorConfig(), split.train, dataset.num_items)
     return gen, False
 

@@ -71,11 +71,12 @@ def load_models(args: argparse.Namespace, dataset, split):
     """The given models, or untrained ones of the default sizes."""
     from cloud.config import GeneratorConfig
     from cloud.generator import CandidateGenerator
+    from cloud.loading import load_generator
     from device.checkpoint import load_srm
     from device.models import build_model
 
     if args.llm:
-        generator = CandidateGenerator.from_pretrained(args.llm)
+        generator = load_generator(args.llm)
     else:
         generator = CandidateGenerator.create(GeneratorConfig(), split.train, dataset.num_items)
     if args.srm:

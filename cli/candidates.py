@@ -61,12 +61,12 @@ def format_table(generator, history: list[int], candidates) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from cloud.generator import CandidateGenerator
+    from cloud.loading import load_generator
 
     if args.threads:
         torch.set_num_threads(args.threads)
     history = parse_history(args.history)
-    generator = CandidateGenerator.from_pretrained(args.model)
+    generator = load_generator(args.model)
     (candidates,) = generator.generate([history], n=args.n)
     if args.json:
         payload = {

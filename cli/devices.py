@@ -212,11 +212,11 @@ def _run_in_process(args: argparse.Namespace, stream, config, plan):
     """Serve `--llm` on a loopback port for the fleet; with a plan, restart it mid-run."""
     from dataclasses import replace
 
-    from cloud.generator import CandidateGenerator
+    from cloud.loading import load_generator
     from cloud.server import ServerConfig, create_server
     from simulations.fleet import run_fleet, run_fleet_with_restart
 
-    generator = CandidateGenerator.from_pretrained(args.llm)
+    generator = load_generator(args.llm)
     # --token turns auth on for the in-process server too, so the drill covers it
     server_config = ServerConfig(grace_s=1.0, auth_token=args.resolved_token)
     if plan is not None:

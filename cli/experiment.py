@@ -109,10 +109,10 @@ def _check_model_folders(args: argparse.Namespace) -> None:
 
 
 def _load_models(args: argparse.Namespace, num_items: int):
-    from cloud.generator import CandidateGenerator
+    from cloud.loading import load_generator
     from device.checkpoint import load_srm
 
-    generator = CandidateGenerator.from_pretrained(args.llm)
+    generator = load_generator(args.llm)
     model = load_srm(args.srm)
     for name, found in (("--llm", generator.num_items), ("--srm", model.config.num_items)):
         if found != num_items:

@@ -218,14 +218,14 @@ def _stage_log(result, protocol: str) -> dict:
 
 def _collaborative_stages(args, model, split, valid, config) -> dict:
     """LSC4Rec steps 3 and 4 with the frozen generator in `args.llm`."""
-    from cloud.generator import CandidateGenerator
+    from cloud.loading import load_generator
     from device.collaborative import (
         CollaborativeConfig,
         cached_candidate_examples,
         train_collaborative,
     )
 
-    generator = CandidateGenerator.from_pretrained(args.llm)
+    generator = load_generator(args.llm)
     n = min(50, generator.num_items - 1)
 
     def generate(histories):

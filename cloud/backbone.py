@@ -75,10 +75,11 @@ def build_model(backbone: BackboneConfig, vocab_size: int, pad_id: int, eos_id: 
             decoder_start_token_id=pad_id,
         )
         return T5ForConditionalGeneration(config)
-    return _build_decoder_only(backbone, vocab_size, pad_id, eos_id)
+    return build_decoder_only(backbone, vocab_size, pad_id, eos_id)
 
 
-def _build_decoder_only(backbone: BackboneConfig, vocab_size: int, pad_id: int, eos_id: int):
+def build_decoder_only(backbone: BackboneConfig, vocab_size: int, pad_id: int, eos_id: int | None):
+    """A randomly initialised Llama/Qwen2 causal LM (embeddings tied to the output head)."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     config_class, model_class = {

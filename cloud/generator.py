@@ -10,8 +10,6 @@ It holds no per-user state: every request carries its history. A gRPC servicer w
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 from cloud import backbone as bb
+from cloud.base import GeneratorBase, read_meta, weights_version
 from cloud.config import BACKBONES, GeneratorConfig, LoraOptions
 from cloud.indexing import ItemIndex, build_item_index
 from cloud.search import (
@@ -33,12 +32,8 @@ from cloud.tokenizer import add_item_tokens, build_tokenizer
 from cloud.trie import ItemTrie, build_trie, needs_end_token
 from shared.candidates import CandidateList
 
-GENERATOR_FILE = "generator.json"
-TITLES_FILE = "item_titles.json"
-FORMAT_VERSION = 1
 
-
-class CandidateGenerator:
+class CandidateGenerator(GeneratorBase):
     """A transformers model, its tokenizer, the item identifiers and the item trie.
 
     Attributes:
@@ -120,24 +115,13 @@ class CandidateGenerator:
     def is_encoder_decoder(self) -> bool:
         return bool(bb.inference_model(self.model).config.is_encoder_decoder)
 
-    @property
-    def model_version(self) -> str:
-        """`<family>-<indexing>-<hash of the weights>`: changes whenever the weights do."""
-        return self._model_version
-
     def refresh_model_version(self) -> str:
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.model.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().contiguous().numpy().tobytes())
         family = bb.inference_model(self.model).config.model_type
-        self._model_version = f"{family}-{self.index.scheme}-{digest.hexdigest()[:12]}"
+        prefix = f"{family}-{self.index.scheme}"
+        self._model_version = weights_version(self.model.state_dict(), prefix)
         return self._model_version
 
-    def title(self, item: int) -> str:
-        """Title of `item` when the data set has titles, else its identifier."""
-        if self.item_titles and self.item_titles[item]:
-            return self.item_titles[item]
+    def identifier(self, item: int) -> str:
         return self.index.identifiers[item]
 
     # ----------------------------------------------------------------- prompts
@@ -185,37 +169,6 @@ class CandidateGenerator:
         for start in range(0, len(checked), batch_size):
             out.extend(self._generate_batch(checked[start : start + batch_size], n))
         return out
-
-    def check_request(self, histories: Sequence[Sequence[int]], n: int) -> list[np.ndarray]:
-        """Validate a request; returns the histories as int64 arrays (see `generate`)."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n!r}")
-        if len(histories) == 0:
-            raise ValueError("no histories given")
-        return [self._check_history(h, int(n), row) for row, h in enumerate(histories)]
-
-    def _check_history(self, history: Sequence[int], n: int, row: int) -> np.ndarray:
-        items = self._item_ids(history, f"history {row}")
-        allowed = self.num_items - len(np.unique(items))
-        if n > allowed:
-            raise ValueError(
-                f"n={n} is larger than the {allowed} items outside history {row} "
-                f"(catalogue {self.num_items})"
-            )
-        return items
-
-    def _item_ids(self, values: Sequence[int], what: str) -> np.ndarray:
-        """`values` as int64 item ids; raises ValueError if empty, non-integer or unknown."""
-        items = np.asarray(values)
-        if items.size == 0:
-            raise ValueError(f"{what} is empty")
-        if items.ndim != 1 or items.dtype.kind not in "iu":
-            raise ValueError(f"{what} must be a flat list of integer item ids")
-        items = items.astype(np.int64)
-        bad = items[(items < 1) | (items > self.num_items)]
-        if bad.size:
-            raise ValueError(f"{what}: unknown item id {int(bad[0])} (ids are 1..{self.num_items})")
-        return items
 
     @torch.inference_mode()
     def _generate_batch(self, histories: list[np.ndarray], n: int) -> list[CandidateList]:
@@ -282,16 +235,7 @@ class CandidateGenerator:
         bb.save_model(self.model, folder)
         self.tokenizer.save_pretrained(folder / "tokenizer")
         self.index.save(folder)
-        if self.item_titles is not None:
-            (folder / TITLES_FILE).write_text(json.dumps(self.item_titles))
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "model_version": self.model_version,
-            "dataset": self.dataset_name,
-            "num_items": self.num_items,
-            "config": self.config.to_dict(),
-        }
-        (folder / GENERATOR_FILE).write_text(json.dumps(meta, indent=2))
+        self._write_meta(folder, "prompt", self.config.to_dict())
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> CandidateGenerator:
@@ -304,14 +248,7 @@ class CandidateGenerator:
         from transformers import AutoTokenizer
 
         folder = Path(folder)
-        meta_path = folder / GENERATOR_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{folder}: not a generator folder ({GENERATOR_FILE} missing)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{folder}: unsupported format_version {meta.get('format_version')}")
-        titles_path = folder / TITLES_FILE
-        titles = json.loads(titles_path.read_text()) if titles_path.is_file() else None
+        meta, titles = read_meta(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
         return cls(
             bb.load_model(folder),

@@ -394,7 +394,7 @@ def serve(
         model_dir: a generator folder written by `CandidateGenerator.save_pretrained`.
         address: `host:port` to bind.
         config: server settings.
-        load: loads the generator (default `CandidateGenerator.from_pretrained`).
+        load: loads the generator (default `cloud.loading.load_generator`).
     Returns:
         0 after a clean shutdown.
     Raises:
@@ -404,10 +404,10 @@ def serve(
     if load is None:
         from transformers.utils import logging as hf_logging
 
-        from cloud.generator import CandidateGenerator  # torch + transformers: only here
+        from cloud.loading import load_generator  # torch + transformers: only here
 
         hf_logging.disable_progress_bar()  # stderr carries JSON log lines only
-        load = CandidateGenerator.from_pretrained
+        load = load_generator
     server, _ = create_server(None, address, config)
     stop = threading.Event()
     restore = _install_signal_handlers(stop)

@@ -30,6 +30,16 @@ from shared.progress import progress_bar
 
 PROTOCOLS = ("full", "sampled", "list")
 LEVELS = ("sequence", "prefix")
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+DEFAULT_KS = (5, 10)
+
+
+def metric_cutoff(name: str) -> int:
+    """K of a metric name like "NDCG@10" or "HR@50" (ValueError when it has none)."""
+    head, _, k = name.partition("@")
+    if head not in ("HR", "NDCG", "MRR") or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"select_metric must look like NDCG@10, HR@50 or MRR@10, got {name!r}")
+    return int(k)
 
 
 @dataclass
@@ -43,7 +53,8 @@ class TrainConfig:
     shared_negatives: bool = False  # sampled-softmax: one negative set per batch, not per row
     sampler: str = "uniform"  # negatives "uniform" or by "popularity" (log-Q corrected)
     lr: float = 1e-3  # Adam learning rate (both papers: 1e-3)
-    weight_decay: float = 0.0  # L2 on all weights; off as in the papers
+    weight_decay: float = 0.0  # L2 on all weights (decoupled with adamw); off as in the papers
+    optimizer: str = "adam"  # "adam" (the papers) or "adamw" (decoupled weight decay)
     num_negatives: int = 4  # sampled negatives per positive (1:4)
     max_len: int = 50  # history length fed to the model
     prefixes_per_user: int = 0  # >0: at most this many (prefix -> next) examples per user per epoch
@@ -75,6 +86,9 @@ class TrainConfig:
             raise ValueError(f"windows_per_batch must be >= 1, got {self.windows_per_batch}")
         if not 0 <= self.stride <= self.max_len:
             raise ValueError(f"stride must be in 0..max_len={self.max_len}, got {self.stride}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        metric_cutoff(self.select_metric)  # raises on a malformed name
         if self.select_protocol not in PROTOCOLS:
             raise ValueError(
                 f"select_protocol must be one of {PROTOCOLS}, got {self.select_protocol!r}"
@@ -100,10 +114,14 @@ class ValidationSet:
         max_len: int = 50,
         exclude: Sequence[np.ndarray] | None = None,
         seed: int = 0,
+        sampled: int = 99,
     ) -> ValidationSet:
-        """Pad the histories and draw fixed 1:99 negatives outside `exclude` (default: history+target)."""
+        """Pad the histories and draw fixed 1:`sampled` negatives outside `exclude` (default:
+        history + target); `sampled = 0` leaves the sampled protocol out."""
         exclude = exclude or [np.append(h, t) for h, t in zip(histories, targets)]
-        negatives = fixed_eval_negatives(exclude, num_items, count=99, seed=seed)
+        negatives = None
+        if sampled:
+            negatives = fixed_eval_negatives(exclude, num_items, count=sampled, seed=seed)
         full_histories = [np.asarray(h, dtype=np.int64) for h in histories]
         return cls(
             pad_histories(histories, max_len), np.asarray(targets), negatives, full_histories
@@ -113,14 +131,19 @@ class ValidationSet:
         """The same pairs with the LLM's candidate list of each row (for protocol "list")."""
         return dataclasses.replace(self, lists=np.asarray(lists, dtype=np.int64))
 
-    def evaluate(self, model: SequentialRecommender, protocol: str) -> dict[str, float]:
+    def evaluate(
+        self, model: SequentialRecommender, protocol: str, ks: Sequence[int] = DEFAULT_KS
+    ) -> dict[str, float]:
+        """HR, NDCG and MRR at each of `ks` in one protocol ("full", "sampled" or "list")."""
         if protocol == "list":
             if self.lists is None:
                 raise ValueError('protocol "list" needs candidate lists (ValidationSet.with_lists)')
-            return evaluate_in_lists(model, self.histories, self.targets, self.lists)
+            return evaluate_in_lists(model, self.histories, self.targets, self.lists, ks)
         if protocol == "sampled":
-            return evaluate_sampled(model, self.histories, self.targets, self.negatives)
-        return evaluate_full(model, self.histories, self.targets, exclude=self.exclude)
+            if self.negatives is None:
+                raise ValueError('protocol "sampled" needs negatives (ValidationSet.build)')
+            return evaluate_sampled(model, self.histories, self.targets, self.negatives, ks)
+        return evaluate_full(model, self.histories, self.targets, ks, exclude=self.exclude)
 
 
 @dataclass
@@ -154,13 +177,16 @@ def train_srm(
     """
     torch.manual_seed(config.seed)
     batcher = batcher or make_batcher(model, train_sequences, config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = OPTIMIZERS[config.optimizer](
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    ks = tuple(sorted({*DEFAULT_KS, metric_cutoff(config.select_metric)}))
     result = TrainResult(best_epoch=-1, best_metric=-1.0, config=asdict(config))
     best_state, stale = None, 0
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         loss = _train_one_epoch(model, batcher, optimizer, config, epoch)
-        metrics = valid.evaluate(model, config.select_protocol)
+        metrics = valid.evaluate(model, config.select_protocol, ks)
         record = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - start, **metrics}
         result.epochs.append(record)
         if on_epoch is not None:

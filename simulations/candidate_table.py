@@ -59,9 +59,9 @@ def popular_lists(train: list[np.ndarray], histories, num_items: int, n: int) ->
 
 
 def generator_lists(model_dir: str, histories, n: int, batch_size: int):
-    from cloud.generator import CandidateGenerator
+    from cloud.loading import load_generator
 
-    generator = CandidateGenerator.from_pretrained(model_dir)
+    generator = load_generator(model_dir)
     lists = generator.generate(histories, n=n, batch_size=batch_size)
     return [c.items for c in lists], generator.model_version
 

@@ -132,7 +132,7 @@ def markdown(runs: list[dict], args) -> str:
 def main(argv=None) -> int:
     import torch
 
-    from cloud.generator import CandidateGenerator
+    from cloud.loading import load_generator
     from device.collaborative import cached_candidate_examples
     from device.training import ValidationSet
     from shared.datasets import load_dataset
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     dataset = load_dataset(args.dataset)
     split = split_stream(dataset)
-    generator = CandidateGenerator.from_pretrained(args.llm)
+    generator = load_generator(args.llm)
     n = min(50, generator.num_items - 1)
     users = split.stream_users
     starts = [split.history_at_stream_start(u) for u in users]

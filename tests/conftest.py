@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cloud.config import BackboneConfig, GeneratorConfig
-from cloud.generator import CandidateGenerator
-from cloud.training import TrainConfig, train_generator
+from cloud.item_lm import ItemLMConfig, ItemSequenceGenerator
+from cloud.training import item_lm_train_config, train_item_lm
 from device.models.ttt4rec import TTT4Rec, TTT4RecConfig
 from shared.datasets.synthetic import make_synthetic
 from shared.splits import split_stream
@@ -15,24 +14,19 @@ from shared.splits import split_stream
 SERVED_N = 10  # candidates per request the served tiny generator is sized for (120 items)
 
 
-def train_tiny_generator(split, n: int, samples_per_epoch: int = 48) -> CandidateGenerator:
-    """A tiny T5 generator for `split`'s catalogue after a few training steps (about a second)."""
-    backbone = BackboneConfig(d_model=16, num_layers=1, num_decoder_layers=1, num_heads=2, d_ff=32)
-    config = GeneratorConfig(backbone=backbone, max_history=8, num_beams=n)
-    generator = CandidateGenerator.create(config, split.train, split.num_items, seed=0)
-    train = TrainConfig(
-        epochs=1,
-        batch_size=16,
-        samples_per_epoch=samples_per_epoch,
-        max_eval_users=4,
-        eval_n=min(n, 10),
-        progress=False,
+def train_tiny_generator(split, n: int, epochs: int = 2) -> ItemSequenceGenerator:
+    """A tiny item-LM generator (the default kind) for `split`'s catalogue after a few epochs
+    (about a second); `n` is the list length its validation Recall@n selects by."""
+    config = ItemLMConfig(
+        num_items=split.num_items, hidden_size=16, num_layers=1, num_heads=2, d_ff=32, max_len=8
     )
-    train_generator(generator, split, train)
+    generator = ItemSequenceGenerator.create(config, seed=0)
+    train = item_lm_train_config(epochs=epochs, select_metric=f"HR@{n}", progress=False)
+    train_item_lm(generator, split, train)
     return generator
 
 
-def build_tiny_generator(n: int = SERVED_N) -> CandidateGenerator:
+def build_tiny_generator(n: int = SERVED_N) -> ItemSequenceGenerator:
     """The tiny generator trained on its own small synthetic data set."""
     torch.set_num_threads(1)
     dataset = make_synthetic(num_users=30, num_items=120, min_length=16, max_length=40, seed=3)
@@ -66,6 +60,6 @@ def tiny_ttt4rec():
 
 
 @pytest.fixture(scope="session")
-def served_generator() -> CandidateGenerator:
+def served_generator() -> ItemSequenceGenerator:
     """The tiny generator the gRPC server and client tests serve (one per test session)."""
     return build_tiny_generator()

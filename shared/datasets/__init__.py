@@ -86,5 +86,8 @@ def _refilter(dataset: SequenceDataset, k_core: int) -> SequenceDataset:
     titles = {}
     if dataset.item_titles is not None:
         titles = dict(zip(dataset.item_ids[1:], dataset.item_titles[1:]))
-    log = InteractionLog(users, items.astype(str), stamps, titles)
+    attributes = {}
+    if dataset.item_attributes is not None:
+        attributes = dict(zip(dataset.item_ids[1:], dataset.item_attributes[1:]))
+    log = InteractionLog(users, items.astype(str), stamps, titles, attributes)
     return build_sequence_dataset(log, name=dataset.name, k_core=k_core)

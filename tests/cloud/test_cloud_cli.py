@@ -10,6 +10,7 @@ from cli.main import main
 
 TINY = ["--d-model", "16", "--layers", "1", "--heads", "2", "--d-ff", "32", "--max-history", "8"]
 FAST = ["--epochs", "1", "--samples-per-epoch", "32", "--batch-size", "16", "--max-eval-users", "4"]
+SYNTHETIC = ["--dataset", "synthetic", "--synthetic-users", "20"]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,35 @@ def model_dir(tmp_path_factory):
 def test_train_llm_writes_a_loadable_folder(model_dir):
     log = json.loads((model_dir / "training_log.json").read_text())
     assert log["dataset"] == "synthetic" and log["best_epoch"] == 1
-    assert (model_dir / "generator.json").is_file() and (model_dir / "tokenizer").is_dir()
+    assert log["generator"] == "item-lm" and len(log["epochs"]) == 1
+    meta = json.loads((model_dir / "generator.json").read_text())
+    assert meta["kind"] == "item-lm" and (model_dir / "model" / "config.json").is_file()
+
+
+def test_train_llm_prompt_generator(tmp_path):
+    from cloud.loading import load_generator
+
+    out = tmp_path / "prompt"
+    argv = ["train-llm", "--generator", "prompt", *SYNTHETIC, "--out", str(out)]
+    assert main(argv + TINY + FAST) == 0
+    assert (out / "tokenizer").is_dir()
+    assert json.loads((out / "generator.json").read_text())["kind"] == "prompt"
+    assert load_generator(out).generate([[1, 2]], n=5)[0].items.shape == (5,)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--base-model", "."], "--base-model applies to --generator prompt only"),
+        (["--backbone", "t5"], "decoder-only"),
+        (["--generator", "prompt", "--item-attributes"], "--item-attributes applies"),
+        (["--item-attributes"], "synthetic has no item attributes"),
+    ],
+)
+def test_train_llm_rejects_options_of_the_other_generator(tmp_path, capsys, extra, message):
+    argv = ["train-llm", *SYNTHETIC, "--out", str(tmp_path / "m"), *TINY, *FAST, *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_candidates_prints_a_ranked_table(model_dir, capsys):

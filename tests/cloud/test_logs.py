@@ -31,9 +31,9 @@ def test_log_records_and_python_warnings_are_json_lines():
 def test_saving_and_loading_a_generator_draws_no_progress_bar(served_generator, tmp_path, capsys):
     # transformers draws "Writing model shards" / "Loading weights" bars by default; in a log
     # (or the server's JSON-lines stderr) they are carriage-return noise.
-    from cloud.generator import CandidateGenerator
+    from cloud.loading import load_generator
 
     served_generator.save_pretrained(tmp_path / "llm")
-    CandidateGenerator.from_pretrained(tmp_path / "llm")
+    load_generator(tmp_path / "llm")
     captured = capsys.readouterr()
     assert captured.err == "" and "\r" not in captured.out

@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from cli.common import read_token
 from cli.main import main as cli_main
-from cloud.generator import CandidateGenerator
+from cloud.base import GeneratorBase
 from cloud.server import SERVICE_NAME, ServerConfig, create_server
 from cloud.servicer import CandidateRequest, run_batch
 from protos.lsc4rec.v1 import candidates_pb2 as pb
@@ -40,14 +40,14 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @pytest.fixture(scope="module")
-def generator(served_generator) -> CandidateGenerator:
+def generator(served_generator) -> GeneratorBase:
     return served_generator
 
 
 class GatedGenerator:
     """Wraps a generator: records what it computes and can hold a batch until released."""
 
-    def __init__(self, inner: CandidateGenerator) -> None:
+    def __init__(self, inner: GeneratorBase) -> None:
         self.inner = inner
         self.num_items = inner.num_items
         self.model_version = inner.model_version

@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
-from cloud.generator import CandidateGenerator
+from cloud.base import GeneratorBase
 from cloud.server import ServerConfig, create_server
 from device.client import (
     CandidateClient,
@@ -37,14 +37,14 @@ TIMEOUT = 30.0  # generous deadline for calls that must succeed on a busy machin
 
 
 @pytest.fixture(scope="module")
-def generator(served_generator) -> CandidateGenerator:
+def generator(served_generator) -> GeneratorBase:
     return served_generator
 
 
 class CountingGenerator:
     """Wraps a generator; counts requests and can hold a batch until released."""
 
-    def __init__(self, inner: CandidateGenerator) -> None:
+    def __init__(self, inner: GeneratorBase) -> None:
         self.inner = inner
         self.num_items = inner.num_items
         self.model_version = inner.model_version

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cli.main import main as cli_main
+from cloud.base import GeneratorBase
 from cloud.config import BackboneConfig, GeneratorConfig
 from cloud.generator import CandidateGenerator
 from cloud.server import ServerConfig, create_server
@@ -62,7 +63,7 @@ def stream(split) -> ReplayStream:
 
 
 @pytest.fixture(scope="module")
-def generator(split, tiny_generator) -> CandidateGenerator:
+def generator(split, tiny_generator) -> GeneratorBase:
     return tiny_generator(split, N)
 
 

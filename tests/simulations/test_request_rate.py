@@ -50,7 +50,7 @@ def streams(tiny_generator, tiny_ttt4rec):
         num_users=100, num_items=200, num_topics=8, min_length=25, max_length=30, seed=1
     )
     split = split_stream(dataset, test_window=10)
-    generator = tiny_generator(split, 20, samples_per_epoch=64)
+    generator = tiny_generator(split, 20, epochs=4)
     srm = tiny_ttt4rec(dataset.num_items)
     valid, test = prepare_streams(split, generator, srm, CONFIG)
     assert valid.stream.role == "valid" and np.isnan(valid.srm.full_ranks).all()
@@ -182,7 +182,7 @@ def saved_models(tiny_generator, tiny_ttt4rec, tmp_path_factory):
     dataset = make_synthetic(num_users=16, seed=4)
     split = split_stream(dataset, test_window=5)
     folder = tmp_path_factory.mktemp("models")
-    tiny_generator(split, 20, samples_per_epoch=64).save_pretrained(folder / "llm")
+    tiny_generator(split, 20, epochs=4).save_pretrained(folder / "llm")
     save_srm(tiny_ttt4rec(dataset.num_items), folder / "srm")
     return folder
 
