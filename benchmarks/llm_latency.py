@@ -6,11 +6,12 @@ On one CPU thread (by default), with real histories (training parts of the strea
 - throughput: requests per second when the same requests go through `generate` in batches of
   1, 8 and 32, and the ratio to batch size 1 (what micro-batching 32 clients buys).
 
-`--searches trie hf` also times `model.generate` beam search with a trie logits processor
-(`GeneratorConfig.search = "hf"`) on the same model, side by side. Prints a table and writes
-JSON with the budget checks of DESIGN.md section 5.
+Several `--model` folders are timed side by side in one run: the item LM (exact top-N from one
+forward pass) and the prompt generator (trie beam search; `--searches trie hf` adds
+`model.generate` beam search with a trie logits processor). Prints a table and writes JSON
+with the budget checks (README, performance budget) of the first model.
 
-    python benchmarks/llm_latency.py --model runs/llm --out runs/bench/llm_latency.json
+    python benchmarks/llm_latency.py --model runs/llm runs/llm_t5 --out runs/bench/llm_latency.json
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-BUDGET_P50_MS = 30.0  # one request, 50 candidates, default model
+BUDGET_P50_MS = 10.0  # one request, 50 candidates, default model
 BUDGET_BATCH_SPEEDUP = 5.0  # throughput at batch 32 vs unbatched
 
 
 @dataclass
 class Row:
-    search: str
+    model: str  # model version of the generator
+    search: str  # "exact" (item LM), "trie" or "hf" (prompt generator)
     batch: int
     p50_ms: float  # per generate call (one batch)
     p95_ms: float
@@ -40,7 +42,10 @@ class Row:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--model", default=None, help="generator folder; default: untrained default model"
+        "--model",
+        nargs="+",
+        default=None,
+        help="generator folder(s), timed side by side; default: the untrained default model",
     )
     parser.add_argument("--dataset", default="ml-100k", help="where the histories come from")
     parser.add_argument("--synthetic-users", type=int, default=500)
@@ -55,15 +60,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_generator(args, split, dataset):
-    from cloud.config import GeneratorConfig
-    from cloud.generator import CandidateGenerator
+def load_generators(args, dataset) -> list:
+    """The given generator folders, or an untrained item LM of the default size."""
+    from cloud.item_lm import ItemLMConfig, ItemSequenceGenerator
     from cloud.loading import load_generator
 
     if args.model:
-        return load_generator(args.model), True
-    gen = CandidateGenerator.create(GeneratorConfig(), split.train, dataset.num_items)
-    return gen, False
+        return [load_generator(folder) for folder in args.model]
+    return [ItemSequenceGenerator.create(ItemLMConfig(num_items=dataset.num_items))]
+
+
+def searches(generator, wanted: list[str]) -> list[str]:
+    """How the generator decodes: the item LM has one exact way; the prompt one, the given."""
+    return wanted if hasattr(generator.config, "search") else ["exact"]
 
 
 def time_batches(generator, histories, batch: int, n: int, warmup: int) -> Row:
@@ -78,7 +87,8 @@ def time_batches(generator, histories, batch: int, n: int, warmup: int) -> Row:
         times.append((time.perf_counter_ns() - start) / 1e6)
     p95 = statistics.quantiles(times, n=100)[94] if len(times) > 1 else times[0]
     return Row(
-        search=generator.config.search,
+        model=generator.model_version,
+        search=getattr(generator.config, "search", "exact"),
         batch=batch,
         p50_ms=statistics.median(times),
         p95_ms=p95,
@@ -88,19 +98,20 @@ def time_batches(generator, histories, batch: int, n: int, warmup: int) -> Row:
 
 def markdown(rows: list[Row], n: int) -> str:
     lines = [
-        "| search | batch | p50 ms / call | p95 ms / call | requests / s | × batch 1 |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | search | batch | p50 ms / call | p95 ms / call | requests / s | × batch 1 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
-            f"| {r.search} | {r.batch} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | "
+            f"| {r.model} | {r.search} | {r.batch} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | "
             f"{r.requests_per_s:.1f} | {r.speedup_vs_batch1:.2f} |"
         )
     return f"One request = {n} candidates.\n\n" + "\n".join(lines) + "\n"
 
 
 def checks(rows: list[Row]) -> dict:
-    trie = {r.batch: r for r in rows if r.search == "trie"}
+    """Budget checks of the first model's first search (the default generator)."""
+    trie = {r.batch: r for r in rows if (r.model, r.search) == (rows[0].model, rows[0].search)}
     out = {}
     if 1 in trie:
         out["p50_ms_one_request"] = trie[1].p50_ms
@@ -123,25 +134,37 @@ def main(argv=None) -> int:
     dataset = load_dataset(args.dataset, **options)
     split = split_stream(dataset)
     pool = [split.train[u] for u in split.stream_users]
-    generator, trained = load_generator(args, split, dataset)
+    generators = load_generators(args, dataset)
     rows: list[Row] = []
-    for search in args.searches:
-        generator.config.search = search
-        count = args.requests if search == "trie" else args.hf_requests
-        histories = [pool[i % len(pool)] for i in range(count)]
-        for batch in args.batch_sizes:
-            rows.append(time_batches(generator, histories, batch, args.n, args.warmup))
-            base = next(r for r in rows if r.search == search and r.batch == args.batch_sizes[0])
-            rows[-1].speedup_vs_batch1 = rows[-1].requests_per_s / base.requests_per_s
-            print(f"{search} batch {batch}: {rows[-1].requests_per_s:.1f} requests/s", flush=True)
+    for generator in generators:
+        for search in searches(generator, args.searches):
+            if search != "exact":
+                generator.config.search = search
+            count = args.hf_requests if search == "hf" else args.requests
+            histories = [pool[i % len(pool)] for i in range(count)]
+            for batch in args.batch_sizes:
+                rows.append(time_batches(generator, histories, batch, args.n, args.warmup))
+                base = next(
+                    r
+                    for r in rows
+                    if (r.model, r.search, r.batch)
+                    == (generator.model_version, search, args.batch_sizes[0])
+                )
+                rows[-1].speedup_vs_batch1 = rows[-1].requests_per_s / base.requests_per_s
+                print(
+                    f"{generator.model_version} {search} batch {batch}: "
+                    f"{rows[-1].requests_per_s:.1f} requests/s",
+                    flush=True,
+                )
     text = markdown(rows, args.n)
+    trained = bool(args.model)
     print(
-        f"\nmodel {generator.model_version} ({'trained' if trained else 'untrained default'}), "
+        f"\n{'trained models' if trained else 'untrained default model'}, "
         f"{torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}\n"
     )
     print(text)
     result = {
-        "model_version": generator.model_version,
+        "models": [g.model_version for g in generators],
         "trained": trained,
         "n": args.n,
         "threads": torch.get_num_threads(),

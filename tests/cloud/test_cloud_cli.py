@@ -29,12 +29,18 @@ def test_train_llm_writes_a_loadable_folder(model_dir):
     assert meta["kind"] == "item-lm" and (model_dir / "model" / "config.json").is_file()
 
 
-def test_train_llm_prompt_generator(tmp_path):
-    from cloud.loading import load_generator
-
-    out = tmp_path / "prompt"
+@pytest.fixture(scope="module")
+def prompt_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prompt") / "model"
     argv = ["train-llm", "--generator", "prompt", *SYNTHETIC, "--out", str(out)]
     assert main(argv + TINY + FAST) == 0
+    return out
+
+
+def test_train_llm_prompt_generator(prompt_dir):
+    from cloud.loading import load_generator
+
+    out = prompt_dir
     assert (out / "tokenizer").is_dir()
     assert json.loads((out / "generator.json").read_text())["kind"] == "prompt"
     assert load_generator(out).generate([[1, 2]], n=5)[0].items.shape == (5,)
@@ -110,7 +116,7 @@ def test_candidate_table_script(model_dir, tmp_path, capsys):
     assert "| most popular |" in capsys.readouterr().out
 
 
-def test_latency_benchmark_script(model_dir, tmp_path, monkeypatch):
+def test_latency_benchmark_script(model_dir, prompt_dir, tmp_path, monkeypatch):
     import importlib.util
     import sys
     from pathlib import Path
@@ -121,7 +127,7 @@ def test_latency_benchmark_script(model_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "llm_latency", bench)  # dataclasses look their module up
     spec.loader.exec_module(bench)
     out = tmp_path / "lat.json"
-    argv = ["--model", str(model_dir), "--dataset", "synthetic", "--synthetic-users", "20"]
+    argv = ["--model", str(model_dir), str(prompt_dir), *SYNTHETIC]
     argv += ["--requests", "4", "--batch-sizes", "1", "2", "-n", "5", "--warmup", "1"]
     assert (
         bench.main(argv + ["--searches", "trie", "hf", "--hf-requests", "2", "--out", str(out)])
@@ -129,6 +135,8 @@ def test_latency_benchmark_script(model_dir, tmp_path, monkeypatch):
     )
     rows = json.loads(out.read_text())["rows"]
     assert [(r["search"], r["batch"]) for r in rows] == [
+        ("exact", 1),
+        ("exact", 2),
         ("trie", 1),
         ("trie", 2),
         ("hf", 1),
