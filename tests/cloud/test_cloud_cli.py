@@ -103,17 +103,24 @@ def test_bad_train_options_exit_2(tmp_path, capsys):
     assert "divisible" in capsys.readouterr().err
 
 
-def test_candidate_table_script(model_dir, tmp_path, capsys):
+def test_candidate_table_script(model_dir, prompt_dir, tmp_path, capsys):
     from simulations import candidate_table
 
     out = tmp_path / "table"
-    argv = ["--model", str(model_dir), "--dataset", "synthetic", "--synthetic-users", "20"]
-    assert candidate_table.main(argv + ["-n", "10", "--out", str(out)]) == 0
+    argv = ["--model", str(model_dir), str(prompt_dir), *SYNTHETIC, "--fresh-stale"]
+    assert candidate_table.main(argv + ["-n", "10", "--bootstrap", "50", "--out", str(out)]) == 0
     payload = json.loads((out / "candidate_table.json").read_text())
     names = [row["name"] for row in payload["rows"]]
-    assert names[0].startswith("LLM generator") and names[1] == "most popular"
+    assert names[0].startswith("generator qwen2-items") and names[1].startswith("generator t5")
+    assert names[2] == "most popular"
     assert all(0.0 <= row["Recall@10"] <= 1.0 for row in payload["rows"])
     assert "| most popular |" in capsys.readouterr().out
+    tables = json.loads((out / "fresh_stale.json").read_text())
+    assert [t["model"] for t in tables] == [n.split()[1] for n in names[:2]]
+    rows = tables[0]["rows"]
+    assert [r["offset"] for r in rows] == [str(k) for k in range(1, 11)] + ["mean"]
+    assert rows[0]["in list diff"] == 0.0  # offset 1: the fresh list is the stale one
+    assert all(r["in list diff_lo"] <= r["in list diff"] <= r["in list diff_hi"] for r in rows)
 
 
 def test_latency_benchmark_script(model_dir, prompt_dir, tmp_path, monkeypatch):
