@@ -125,7 +125,8 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides) -> Sequen
     Args:
         config: a `SyntheticConfig`; keyword overrides build or modify one.
     Returns:
-        A `SequenceDataset` named "synthetic" whose item titles name each item's topic.
+        A `SequenceDataset` named "synthetic" whose item titles name each item's topic and
+        whose item attributes are the topic (`topic=k`).
     """
     if config is None:
         config = SyntheticConfig(**overrides)
@@ -141,7 +142,9 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides) -> Sequen
         items += clicks
         stamps += list(range(start, start + 60 * len(clicks), 60))
     titles = {i: f"topic {world.topic_of[i]} · item {i}" for i in range(config.num_items)}
+    # The topic is the item's category, as a genre is a film's: metadata a catalogue has.
+    attributes = {i: (f"topic={world.topic_of[i]}",) for i in range(config.num_items)}
     log = InteractionLog(
-        np.asarray(users), np.asarray(items), np.asarray(stamps, dtype=np.int64), titles
+        np.asarray(users), np.asarray(items), np.asarray(stamps, dtype=np.int64), titles, attributes
     )
     return build_sequence_dataset(log, name="synthetic")
