@@ -2,8 +2,11 @@
 
 A stream step on the device (DESIGN.md §3) is
 
-    session.serve_step(fetch)   # ask the policy, maybe fetch a fresh list, rerank, show top-k
-    session.observe(click)      # history grows, the SRM state takes its step
+    outcome = session.serve_step(fetch)  # ask the policy, maybe fetch, rerank, show top-k
+    session.observe(click)               # history grows, the SRM state takes its step
+
+`device.driver.run_stream` runs these two over a user's stream; the session replay and the
+live fleet both go through it.
 
 `fetch` is any callable `fetch(history)` returning a `CandidateList`, or a result object
 with `ok` and `candidates` attributes such as the gRPC client's `FetchResult` (so
@@ -207,6 +210,34 @@ class CachedList:
         return np.arange(len(self.candidates))
 
 
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one stream step did and showed.
+
+    Attributes:
+        shown: the top-k items shown (the SRM's own ranking while no list is held).
+        requested: a fresh list was requested at this step.
+        succeeded: ... and it arrived (False when no request was made).
+        list_step: the session step the shown list was fetched at; -1 = no list held.
+        step: the session step of this outcome.
+    """
+
+    shown: np.ndarray
+    requested: bool
+    succeeded: bool
+    list_step: int
+    step: int
+
+    @property
+    def failed(self) -> bool:
+        return self.requested and not self.succeeded
+
+    @property
+    def list_age(self) -> int | None:
+        """Steps since the shown list was fetched (None without a list)."""
+        return None if self.list_step < 0 else self.step - self.list_step
+
+
 @dataclass
 class SessionStats:
     """Request counters of one session (the initial list counts as a request too)."""
@@ -396,8 +427,10 @@ class DeviceSession:
         self._retry_at = self.step + self._backoff
         self._backoff = min(max(2 * self._backoff, 1), self.config.max_backoff_steps)
 
-    def serve_step(self, fetch: FetchFn, k: int | None = None) -> np.ndarray:
-        """Steps 1–2 of a stream step: maybe request, then return the top-`k` items."""
-        if self.needs_refresh():
-            self.request_fresh(fetch)
-        return self.recommend(k)
+    def serve_step(self, fetch: FetchFn, k: int | None = None) -> StepOutcome:
+        """Steps 1–2 of a stream step: maybe request, then show the top-`k` items."""
+        requested = self.needs_refresh()
+        succeeded = self.request_fresh(fetch) if requested else False
+        shown = self.recommend(k)
+        list_step = -1 if self.cached is None else self.cached.fetched_at
+        return StepOutcome(shown, requested, succeeded, list_step, self.step)

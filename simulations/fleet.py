@@ -229,9 +229,9 @@ def _fetcher(client, config: FleetConfig, task: DeviceTask, log: list[RequestLog
 
 def run_device(task: DeviceTask, config: FleetConfig) -> DeviceRecord:
     """Replay one user's stream against the server (the unit of work of every backend)."""
+    from device.driver import run_stream
     from device.fusion import build_fusion
     from device.session import DeviceSession, SessionConfig, make_runner
-    from simulations.replay import target_positions
 
     client, log = _worker_client(config), []
     session_config = SessionConfig(top_k=config.n, request_history=config.request_history)
@@ -249,20 +249,22 @@ def run_device(task: DeviceTask, config: FleetConfig) -> DeviceRecord:
     streaming.append(True)
     if initial.ok:
         session.update_candidates(initial.candidates)
-    window = len(task.targets)
-    requested, failed = np.zeros(window, bool), np.zeros(window, bool)
-    used, ranks = np.zeros(window, np.int64), np.full(window, np.inf)
-    for t, target in enumerate(task.targets):
-        if session.needs_refresh():
-            requested[t] = True
-            failed[t] = not session.request_fresh(fetch)
-        shown = session.recommend(config.n)
-        ranks[t] = target_positions(shown[None], np.array([target]))[0] if shown.size else np.inf
-        used[t] = session.cached.fetched_at if session.cached is not None else 0
-        session.observe(int(target))
-        if config.step_delay_ms:
-            time.sleep(config.step_delay_ms / 1000)
-    return DeviceRecord(task.row, task.user, requested, failed, used, ranks, session.step, log)
+    pause = (
+        (lambda t, outcome: time.sleep(config.step_delay_ms / 1000))
+        if config.step_delay_ms
+        else None
+    )
+    record = run_stream(session, fetch, task.targets, config.n, after_step=pause)
+    return DeviceRecord(
+        task.row,
+        task.user,
+        record.requested,
+        record.failed,
+        record.lists_used,
+        record.ranks,
+        session.step,
+        log,
+    )
 
 
 # ---------------------------------------------------------------- the fleet

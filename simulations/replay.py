@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from device.driver import run_stream
 from device.fusion import Fusion, RankSigmoidFusion, rerank_batch
 from device.policies import PolicyObservation, RequestPolicy
 from device.session import DeviceSession, SessionConfig, SRMRunner, make_runner
@@ -831,16 +832,8 @@ def _session_row(
         history=data.stream.history(row, 0),
         candidates=data.lists.candidates(row, 0),
     )
-    fetch = CachedFetch(data, row)
-    requested = np.zeros(data.window, dtype=bool)
-    ranks = np.full(data.window, np.inf)
-    for t, target in enumerate(data.stream.targets[row]):
-        before = session.stats.requests
-        shown = session.serve_step(fetch)  # decide, maybe fetch, rerank (history removed)
-        requested[t] = session.stats.requests > before
-        ranks[t] = target_positions(shown[None], np.array([target]))[0]
-        session.observe(int(target))
-    return requested, ranks
+    record = run_stream(session, CachedFetch(data, row), data.stream.targets[row])
+    return record.requested, record.ranks
 
 
 def replay_sessions(

@@ -117,7 +117,7 @@ def test_cold_start_requests_and_ranks_with_the_srm_before_a_list(ttt):
     assert shown.tolist() == (np.argsort(-direct, kind="stable")[:10] + 1).tolist()
     assert session.needs_refresh()  # no list: ask whatever the policy says
     cloud = Cloud()
-    assert session.serve_step(cloud).size == 10
+    assert session.serve_step(cloud).shown.size == 10
     assert session.stats.requests == 1 and not session.needs_refresh()
 
 
@@ -128,7 +128,7 @@ def test_a_device_that_never_reaches_the_cloud_keeps_recommending(runner, reques
     model = request.getfixturevalue(runner)
     session = DeviceSession(make_runner(model), PeriodicPolicy(1), history=[5])
     for click in (9, 11, 13):
-        shown = session.serve_step(cloud, k=5)
+        shown = session.serve_step(cloud, k=5).shown
         assert len(shown) == 5 and not set(shown.tolist()) & set(session.history.tolist())
         session.observe(click)
     assert session.cached is None and session.stats.failures == session.stats.requests >= 1
@@ -144,7 +144,7 @@ def test_failed_requests_keep_the_cache_and_lose_no_click(ttt, failure):
     cloud.failure = failure
     clicks = [1, 2, 39, 3, 38, 4]
     for click in clicks:
-        shown = session.serve_step(cloud)
+        shown = session.serve_step(cloud).shown
         assert session.cached is initial  # still the first list
         assert len(shown) > 0 and not set(shown.tolist()) & set(session.history.tolist())
         session.observe(click)
@@ -280,3 +280,41 @@ def test_grpc_client_fetch_results_plug_in(ttt):
     up = client.FetchResult(True, candidates([4, 5, 6]), grpc.StatusCode.OK, 1, 0.01)
     assert session.request_fresh(lambda history: up)  # an explicit request skips the back-off
     assert session.cached.items.tolist() == [4, 5, 6]
+
+
+def test_step_outcome_says_what_the_step_did(ttt):
+    cloud = Cloud()
+    session = DeviceSession(make_runner(ttt), PeriodicPolicy(m=2), history=[3])
+    first = session.serve_step(cloud)  # no list yet: always asks
+    assert first.requested and first.succeeded and first.list_step == 0 and first.list_age == 0
+    session.observe(7)
+    second = session.serve_step(cloud)  # periodic(2): not this step
+    assert not second.requested and not second.failed and second.list_age == 1
+    session.observe(9)
+    cloud.failure = "raise"
+    third = session.serve_step(cloud)
+    assert third.requested and third.failed and third.list_step == 0 and third.list_age == 2
+
+
+def test_the_driver_runs_a_stream_and_a_dead_cloud_loses_nothing(ttt):
+    """An unreachable server from the first step: the device shows its SRM ranking at every
+    step, every click reaches the history and the state, and requests are recorded failed."""
+    from device.driver import run_stream
+
+    cloud = Cloud()
+    cloud.failure = "raise"
+    clicks = [9, 14, 27, 3, 18]
+    shown_sizes = []
+    session = DeviceSession(make_runner(ttt), PeriodicPolicy(m=1), history=[40])
+    record = run_stream(
+        session, cloud, clicks, k=5, after_step=lambda t, o: shown_sizes.append(o.shown.size)
+    )
+    assert shown_sizes == [5] * len(clicks) and session.history.tolist() == [40, *clicks]
+    assert record.requested.any() and (record.failed == record.requested).all()
+    assert (record.lists_used == 0).all() and record.ranks.shape == (5,)
+    alive = DeviceSession(make_runner(ttt), PeriodicPolicy(m=1), history=[40])
+    back = run_stream(alive, Cloud(), clicks, k=40)
+    assert back.requested.all() and not back.failed.any()
+    assert back.lists_used.tolist() == [0, 1, 2, 3, 4]
+    # the fake cloud lists the 10 lowest unclicked items: 9 and 3 are in them, the rest not
+    assert np.isfinite(back.ranks).tolist() == [True, False, False, True, False]
