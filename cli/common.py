@@ -8,6 +8,10 @@ from pathlib import Path
 from shared.datasets import DATASETS
 
 
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",

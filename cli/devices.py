@@ -20,8 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from cli.common import add_dataset_args, load_dataset_from_args, read_token
-from cli.main import CLIError
+from cli.common import CLIError, add_dataset_args, load_dataset_from_args, read_token
 
 BACKENDS = ("process", "thread", "ray")  # = simulations.fleet.BACKENDS; --help stays light
 TOKEN_ENV = "LSC4REC_TOKEN"  # the bearer token, when no --token-file is given

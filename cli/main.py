@@ -2,33 +2,44 @@
 
 Each subcommand module exposes `add_parser(subparsers)` (which sets `func` on its parser) and
 keeps heavy imports (torch, transformers) inside the function that runs, so `--help` is fast.
+The modules are imported plainly: a subcommand whose import breaks fails the command loudly
+instead of vanishing from `--help`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
+from cli import (
+    candidates,
+    data,
+    demo,
+    devices,
+    experiment,
+    export_onnx,
+    serve,
+    tables,
+    train_llm,
+    train_srm,
+)
+from cli.common import CLIError
 from shared.progress import NO_PROGRESS_ENV
 
 # Subcommand modules, in the order `lsc4rec --help` lists them.
-SUBCOMMAND_MODULES = (
-    "cli.data",
-    "cli.train_srm",
-    "cli.export_onnx",
-    "cli.train_llm",
-    "cli.candidates",
-    "cli.serve",
-    "cli.experiment",
-    "cli.devices",
-    "cli.demo",
+SUBCOMMANDS = (
+    data,
+    train_srm,
+    export_onnx,
+    train_llm,
+    candidates,
+    serve,
+    experiment,
+    devices,
+    tables,
+    demo,
 )
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,20 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"no progress bars (the same as {NO_PROGRESS_ENV}=1)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name == module_name:  # not written yet; keep the rest usable
-                continue
-            raise
+    for module in SUBCOMMANDS:
         module.add_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "passthrough", False):
+        args.rest = rest  # an experiment script parses its own arguments (cli.tables)
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.global_no_progress:
         os.environ[NO_PROGRESS_ENV] = "1"  # read by every bar, in this process and its children
     if not getattr(args, "func", None):

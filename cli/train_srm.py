@@ -8,11 +8,11 @@ validation targets, and writes a checkpoint folder (safetensors + config.json) p
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 from cli.common import add_dataset_args, load_dataset_from_args
+from shared.options import parse_options
 
 MODELS = ("ttt4rec", "sasrec", "gru4rec", "din")
 
@@ -106,33 +106,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.set_defaults(func=run)
-
-
-def parse_options(config_class, options: list[str]) -> dict:
-    """`["mini_batch_size=16", "use_gate=false"]` → typed kwargs of `config_class`."""
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
-    out = {}
-    for option in options:
-        key, sep, value = option.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in fields:
-            valid = ", ".join(sorted(fields))
-            raise ValueError(
-                f"bad --option {option!r}; expected KEY=VALUE with KEY one of: {valid}"
-            )
-        default = fields[key].default
-        if isinstance(default, bool):
-            out[key] = value.strip().lower() in ("1", "true", "yes", "on")
-        elif isinstance(default, (int, float)):
-            try:
-                out[key] = type(default)(value)
-            except ValueError:
-                raise ValueError(
-                    f"--option {key} needs a {type(default).__name__}, got {value!r}"
-                ) from None
-        else:
-            out[key] = value
-    return out
 
 
 def run(args: argparse.Namespace) -> int:

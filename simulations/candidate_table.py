@@ -31,7 +31,9 @@ from shared.metrics import candidate_list_ranks, hit_rate, ndcg
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="lsc4rec candidate-table", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument(
         "--model", nargs="+", required=True, help="generator folder(s) (lsc4rec train-llm)"
     )

@@ -27,7 +27,9 @@ COLUMNS = ("list NDCG@10", "list HR@10", "full NDCG@10", "full HR@10", "fused ND
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="lsc4rec collab-ablation", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--llm", required=True, help="generator folder (lsc4rec train-llm)")
     parser.add_argument("--model", default="ttt4rec")

@@ -21,7 +21,7 @@ GRID_FILE = "llm_grid.json"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="lsc4rec llm-grid", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--synthetic-users", type=int, default=500)
     parser.add_argument("--test-window", type=int, default=10)

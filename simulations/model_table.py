@@ -22,7 +22,9 @@ PROTOCOLS = {"sampled": "1:99 sampled negatives", "full": "full ranking (history
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="lsc4rec model-table", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--models", nargs="+", default=["din", "gru4rec", "sasrec", "ttt4rec"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -225,8 +227,8 @@ def check_mergeable(runs: list[dict]) -> None:
 
 def model_options(name: str, options: list[str]) -> dict:
     """Typed config fields for `name` from `MODEL:KEY=VALUE` options."""
-    from cli.train_srm import parse_options
     from device.models import get_model_class
+    from shared.options import parse_options
 
     mine = [o.split(":", 1)[1] for o in options if o.split(":", 1)[0] == name]
     return parse_options(get_model_class(name).config_class, mine)

@@ -19,7 +19,7 @@ from simulations import model_table
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="lsc4rec ttt-grid", description=__doc__.split("\n\n")[0])
     parser.add_argument("--init-ranges", type=float, nargs="+", default=[0.02, 0.1, 0.3])
     parser.add_argument("--mini-batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--seed", type=int, default=0)

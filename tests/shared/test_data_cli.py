@@ -38,3 +38,24 @@ def test_bad_file_through_cli_names_it(tmp_path, capsys):
     assert main(["data", "stats", "--dataset", "csv", "--path", str(path)]) != 0
     err = capsys.readouterr().err.strip()
     assert str(path) in err and "not a number" in err and len(err.splitlines()) == 1
+
+
+def test_experiment_scripts_are_subcommands_with_their_own_help(capsys):
+    from cli.main import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["model-table", "--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: lsc4rec model-table")
+    assert main(["model-table", "--models", "bogus", "--dataset", "synthetic"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["lsc4rec model-table: error: unknown model name 'bogus'; valid names: din, "
+                   "gru4rec, sasrec, ttt4rec"]  # fmt: skip
+
+
+def test_unknown_arguments_of_a_subcommand_are_refused(capsys):
+    from cli.main import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["data", "stats", "--dataset", "synthetic", "--bogus"])
+    assert done.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
