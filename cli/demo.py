@@ -1,10 +1,12 @@
 """`lsc4rec demo`: from a fresh clone to results on MovieLens-100k.
 
 The demo runs the same subcommands a user would, in order, with settings sized for a few
-minutes on 2 CPU cores; every stage prints what it did, and the last one where the results are:
+minutes on 2 CPU cores; every stage prints its command line (to reproduce it alone) and what it
+did, and the last one where the results are. The stages are parsed by the subcommands' own
+parsers and run by their `run` functions (the demo never re-enters `cli.main`):
 
     1. data         MovieLens-100k from the recbole wheel; statistics
-    2. train-llm    the cloud candidate generator (T5, atomic item ids, trie beam search)
+    2. train-llm    the cloud candidate generator (a decoder-only item LM, early stopping)
     3. train-srm    TTT4Rec on the device: alone (sequence-level, early stopping), then
                     collaborative (+ adaptive) with the LLM
     4. experiment   the request-rate sweep (replay), table + plot
@@ -17,13 +19,19 @@ import argparse
 import time
 from pathlib import Path
 
+from cli import data, devices, experiment, train_llm, train_srm
+
+STAGE_MODULES = (data, train_llm, train_srm, experiment, devices)
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="the end-to-end demo on MovieLens-100k")
     parser.add_argument("--out", default="runs/demo", help="folder for models, tables and plots")
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage")
     parser.add_argument("--dataset", default="ml-100k", help="ml-100k (default) or synthetic")
-    parser.add_argument("--llm-epochs", type=int, default=2, help="generator training epochs")
+    parser.add_argument(
+        "--llm-epochs", type=int, default=40, help="most generator epochs (patience 3)"
+    )
     parser.add_argument(
         "--srm-epochs", type=int, default=20, help="most TTT4Rec epochs trained alone (patience 3)"
     )
@@ -48,10 +56,8 @@ def stages(args: argparse.Namespace, out: Path) -> list[tuple[str, list[str]]]:
                 llm,
                 "--epochs",
                 str(args.llm_epochs),
-                "--samples-per-epoch",
-                "20000",
-                "--max-eval-users",
-                "300",
+                "--patience",
+                "3",
                 *seed,
             ],
         ),
@@ -102,9 +108,17 @@ def stages(args: argparse.Namespace, out: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
-def run(args: argparse.Namespace) -> int:
-    from cli.main import main as lsc4rec
+def stage_parser() -> argparse.ArgumentParser:
+    """A parser of the demo's stages, built from the subcommands' own `add_parser`."""
+    parser = argparse.ArgumentParser(prog="lsc4rec")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module in STAGE_MODULES:
+        module.add_parser(subparsers)
+    return parser
 
+
+def run(args: argparse.Namespace) -> int:
+    parser = stage_parser()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plan = stages(args, out)
@@ -114,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     for number, (name, argv) in enumerate(plan, start=1):
         print(f"\n== {number}/{len(plan)} {name}: lsc4rec {' '.join(argv)}", flush=True)
         start = time.perf_counter()
-        status = lsc4rec(argv)
+        stage_args = parser.parse_args(argv)
+        status = int(stage_args.func(stage_args) or 0)
         timings.append((name, time.perf_counter() - start))
         if status != 0:
             print(f"demo: stage {name} failed (exit {status})")

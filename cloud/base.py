@@ -8,7 +8,6 @@ T5/P5 prompt generator (also LoRA on a local pretrained checkpoint).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.cache import weights_digest
 from shared.candidates import CandidateList
 
 GENERATOR_FILE = "generator.json"
@@ -115,11 +115,7 @@ class GeneratorBase:
 
 def weights_version(state: dict, prefix: str) -> str:
     """`<prefix>-<first 12 hex digits of a SHA-256 over the named weights>`."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(state.items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
-    return f"{prefix}-{digest.hexdigest()[:12]}"
+    return f"{prefix}-{weights_digest(state)[:12]}"
 
 
 def read_meta(folder: str | Path) -> tuple[dict[str, Any], list[str] | None]:

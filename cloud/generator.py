@@ -210,8 +210,6 @@ class CandidateGenerator(GeneratorBase):
         Raises:
             ValueError: an empty history or an unknown item id.
         """
-        from cloud.training import make_batch
-
         hist = self._item_ids(history, "history")
         if len(items) == 0:
             return np.zeros(0, dtype=np.float32)
@@ -259,6 +257,32 @@ class CandidateGenerator(GeneratorBase):
             item_titles=titles,
             model_version=meta["model_version"],
         )
+
+
+IGNORE = -100  # label value the loss skips (prompt and padding positions)
+
+
+def make_batch(
+    generator: CandidateGenerator,
+    histories: Sequence[np.ndarray],
+    targets: Sequence[int],
+    templates: Sequence[int] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Model inputs whose loss is the cross-entropy of each target's identifier tokens."""
+    prompts = generator.prompt_ids(histories, templates)
+    answers = [generator.item_tokens[int(t) - 1] for t in targets]
+    pad = generator.tokenizer.pad_token_id
+    if generator.is_encoder_decoder:
+        ids, mask = pad_ids(prompts, pad, left=False)  # [B, S]
+        labels, label_mask = pad_ids(answers, pad, left=False)  # [B, T]
+        labels = labels.masked_fill(label_mask == 0, IGNORE)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    # Decoder-only: prompt + answer in one right-padded row; only answer tokens are labelled.
+    ids, mask = pad_ids([p + a for p, a in zip(prompts, answers)], pad, left=False)
+    labels = ids.masked_fill(mask == 0, IGNORE)
+    for row, prompt in enumerate(prompts):
+        labels[row, : len(prompt)] = IGNORE
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def identifier_token_ids(tokenizer, index: ItemIndex) -> list[list[int]]:

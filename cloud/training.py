@@ -22,15 +22,13 @@ import numpy as np
 import torch
 
 from cloud.config import TrainConfig
-from cloud.generator import CandidateGenerator, pad_ids
+from cloud.generator import CandidateGenerator, make_batch
 from cloud.item_lm import ItemSequenceGenerator
 from device.training import TrainConfig as SRMTrainConfig
 from device.training import TrainResult, ValidationSet, train_srm
 from shared.metrics import candidate_list_ranks, hit_rate, ndcg
 from shared.progress import progress_bar, progress_write
 from shared.splits import StreamSplit
-
-IGNORE = -100  # label value the loss skips (prompt and padding positions)
 
 __all__ = [
     "TrainConfig",
@@ -58,29 +56,6 @@ def prefix_examples(sequences: Sequence[np.ndarray]) -> np.ndarray:
     """`[E, 2]` (user, position) of every next-item example: history = seq[:position]."""
     pairs = [(u, t) for u, seq in enumerate(sequences) for t in range(1, len(seq))]
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-
-
-def make_batch(
-    generator: CandidateGenerator,
-    histories: Sequence[np.ndarray],
-    targets: Sequence[int],
-    templates: Sequence[int] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Model inputs whose loss is the cross-entropy of each target's identifier tokens."""
-    prompts = generator.prompt_ids(histories, templates)
-    answers = [generator.item_tokens[int(t) - 1] for t in targets]
-    pad = generator.tokenizer.pad_token_id
-    if generator.is_encoder_decoder:
-        ids, mask = pad_ids(prompts, pad, left=False)  # [B, S]
-        labels, label_mask = pad_ids(answers, pad, left=False)  # [B, T]
-        labels = labels.masked_fill(label_mask == 0, IGNORE)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    # Decoder-only: prompt + answer in one right-padded row; only answer tokens are labelled.
-    ids, mask = pad_ids([p + a for p, a in zip(prompts, answers)], pad, left=False)
-    labels = ids.masked_fill(mask == 0, IGNORE)
-    for row, prompt in enumerate(prompts):
-        labels[row, : len(prompt)] = IGNORE
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def validation_set(split: StreamSplit, max_users: int = 0) -> tuple[list[np.ndarray], np.ndarray]:

@@ -14,15 +14,15 @@ the device package) never imports transformers.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from shared.batching import TrainBatch, UserItemIndex, pad_histories, sample_negatives
+from shared.cache import digest, load_npz, save_npz, sequences_digest
 from shared.candidates import CandidateList
 
 GenerateFn = Callable[[list[np.ndarray]], list[CandidateList]]
@@ -41,16 +41,6 @@ class CandidateExamples:
     users: np.ndarray
     positions: np.ndarray
     candidates: np.ndarray
-
-    def save(self, path: Path) -> None:
-        np.savez_compressed(
-            path, users=self.users, positions=self.positions, candidates=self.candidates
-        )
-
-    @classmethod
-    def load(cls, path: Path) -> CandidateExamples:
-        with np.load(path) as data:
-            return cls(data["users"], data["positions"], data["candidates"])
 
 
 def choose_positions(
@@ -91,12 +81,17 @@ def build_candidate_examples(
     return CandidateExamples(users, positions, candidates)
 
 
-def cache_key(model_version: str, sequences: Sequence[np.ndarray], per_user: int, n: int) -> str:
-    """A short hash naming one (generator, training data, settings) combination."""
-    digest = hashlib.sha256(json.dumps([model_version, per_user, n]).encode())
-    for seq in sequences:
-        digest.update(np.asarray(seq, dtype=np.int64).tobytes() + b"|")
-    return digest.hexdigest()[:16]
+def cache_key(
+    model_version: str, sequences: Sequence[np.ndarray], per_user: int, n: int
+) -> dict[str, Any]:
+    """What one (generator, training data, settings) combination's lists depend on."""
+    return {
+        "kind": "collab",
+        "generator": model_version,
+        "sequences": sequences_digest(sequences),
+        "per_user": per_user,
+        "n": n,
+    }
 
 
 def cached_candidate_examples(
@@ -108,13 +103,16 @@ def cached_candidate_examples(
     n: int = 50,
     progress: bool = True,
 ) -> CandidateExamples:
-    """`build_candidate_examples`, stored under `cache_dir` and reused when the key matches."""
-    path = Path(cache_dir) / f"collab-{cache_key(model_version, sequences, per_user, n)}.npz"
-    if path.exists():
-        return CandidateExamples.load(path)
+    """`build_candidate_examples`, stored under `cache_dir` (`shared.cache`) and reused when
+    the key matches."""
+    key = cache_key(model_version, sequences, per_user, n)
+    path = Path(cache_dir) / f"collab-{digest(key)}.npz"
+    cached = load_npz(path, key)
+    if cached is not None:
+        return CandidateExamples(cached["users"], cached["positions"], cached["candidates"])
     examples = build_candidate_examples(generate, sequences, per_user, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    examples.save(path)
+    arrays = {"users": examples.users, "positions": examples.positions}
+    save_npz(path, key, {**arrays, "candidates": examples.candidates})
     return examples
 
 
