@@ -1,0 +1,82 @@
+"""The whole request-rate experiment: streams, points, replays, rows, goal check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from simulations.replay import (
+    ReplayData,
+    ReplayResult,
+)
+from simulations.request_rate.config import RequestRateConfig
+from simulations.request_rate.points import PolicyPoint, build_points, reference_points
+from simulations.request_rate.statistics import (
+    bootstrap_indices,
+    goal_check,
+    paired_difference,
+    point_row,
+    run_point,
+)
+
+# ---------------------------------------------------------------- the experiment
+
+
+@dataclass
+class ExperimentResult:
+    """The sweep's rows (one per point), the goal check and the raw per-step results."""
+
+    rows: list[dict[str, Any]]
+    goal: list[dict[str, Any]]
+    results: list[ReplayResult] = field(repr=False)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def run_request_rate(
+    test: ReplayData,
+    valid: ReplayData,
+    config: RequestRateConfig | None = None,
+    progress: bool = False,
+) -> ExperimentResult:
+    """Calibrate every policy on `valid`, replay every point on `test`, summarise.
+
+    Args:
+        test: replay data of the test stream.
+        valid: replay data of the validation stream (calibration and the learned policy).
+        config: the sweep.
+        progress: show a progress bar over the points.
+    """
+    from shared.progress import progress_bar
+
+    config = RequestRateConfig() if config is None else config
+    points, notes = build_points(valid, test.window, config, progress)
+    points += reference_points(config)
+    indices = bootstrap_indices(test.num_users, config.bootstrap_draws, config.seed)
+    rows, results = [], []
+    for point in progress_bar(points, desc="replaying policies", enabled=progress):
+        result = run_point(test, point)
+        results.append(result)
+        rows.append(point_row(point, result, indices, config.confidence))
+    goal = goal_check(rows, results, points, indices, config)
+    notes["reference_gaps"] = reference_gaps(results, points, indices, config.confidence)
+    return ExperimentResult(rows, goal, results, notes)
+
+
+def reference_gaps(
+    results: list[ReplayResult], points: list[PolicyPoint], indices: np.ndarray, confidence: float
+) -> dict[str, list[float]]:
+    """Paired NDCG@10 differences between references: what fresh lists and the SRM add.
+
+    Returns:
+        `{"always-never": [mean, low, high], "always-llm_only": …, "always-srm_only": …}` for
+        the references present.
+    """
+    user_ndcg = {p.family: r.user_metrics()["NDCG@10"] for p, r in zip(points, results)}
+    pairs = (("always", "never"), ("always", "llm_only"), ("always", "srm_only"))
+    return {
+        f"{a}-{b}": list(paired_difference(user_ndcg[a], user_ndcg[b], indices, confidence))
+        for a, b in pairs
+        if a in user_ndcg and b in user_ndcg
+    }

@@ -1,0 +1,121 @@
+"""The sweep's points: one calibrated policy per family and target rate, plus the references."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from device.fusion import Fusion, LLMOnlyFusion, build_fusion
+from device.policies import (
+    AlwaysPolicy,
+    ConsistencyPolicy,
+    LearnedPolicy,
+    NeverPolicy,
+    PeriodicPolicy,
+    RandomPolicy,
+    RequestPolicy,
+)
+from shared.metrics import ndcg
+from simulations.replay import (
+    ReplayData,
+)
+from simulations.request_rate.calibration import (
+    calibrate_on_stream,
+    fit_learned,
+    periodic_knobs,
+    simulate_rule,
+)
+from simulations.request_rate.config import RequestRateConfig
+from simulations.request_rate.states import measure_table
+
+# ---------------------------------------------------------------- the points
+
+
+@dataclass
+class PolicyPoint:
+    """One point of a curve: the policy, how it was set, and what it did on validation."""
+
+    family: str  # "random", "periodic", "consistency[kendall]", "learned", or a reference
+    policy: RequestPolicy | None  # None for srm_only (no device session at all)
+    fusion: Fusion | None = None
+    target_rate: float | None = None  # the calibration target (None for references)
+    valid_rate: float | None = None  # replayed rate on the validation stream
+    valid_ndcg10: float | None = None  # NDCG@10 on the validation stream (selects the best)
+
+
+def _calibrated_points(
+    family: str,
+    policy: ConsistencyPolicy | LearnedPolicy,
+    table: np.ndarray,
+    valid: ReplayData,
+    fusion: Fusion,
+    config: RequestRateConfig,
+) -> list[PolicyPoint]:
+    """Copies of a threshold policy (consistency, learned), one per target rate."""
+    ranks = valid.fused_ranks(fusion)
+    steps = np.arange(valid.window)[None, :]
+    points = []
+    for rate in config.target_rates:
+        rule, achieved = calibrate_on_stream(table, rate, config.seed, config.calibration_steps)
+        _, used = simulate_rule(table, rule, config.seed)
+        ndcg10 = float(ndcg(ranks[np.arange(valid.num_users)[:, None], steps, used], 10).mean())
+        calibrated = replace(policy, threshold=rule.threshold, tie_prob=rule.tie_prob)
+        points.append(PolicyPoint(family, calibrated, fusion, rate, achieved, ndcg10))
+    return points
+
+
+def build_points(
+    valid: ReplayData, window: int, config: RequestRateConfig, progress: bool = False
+) -> tuple[list[PolicyPoint], dict[str, Any]]:
+    """Every policy point of the sweep (calibrated on `valid`) and calibration notes.
+
+    Args:
+        valid: the validation stream's replay data.
+        window: `T` of the test stream (sets the periodic knobs).
+        config: the sweep.
+        progress: print what is being calibrated.
+    """
+    fusion = build_fusion(config.fusion)
+    seed = config.seed
+    points: list[PolicyPoint] = []
+    notes: dict[str, Any] = {}
+    if "random" in config.families:
+        for rate in config.target_rates:
+            points.append(PolicyPoint("random", RandomPolicy(p=rate, seed=seed), fusion, rate))
+    if "periodic" in config.families:
+        for m, rate in periodic_knobs(config.target_rates, window):
+            points.append(PolicyPoint("periodic", PeriodicPolicy(m=m, seed=seed), fusion, rate))
+    if "consistency" in config.families:
+        for measure in config.measures:
+            _say(progress, f"calibrating consistency[{measure}] on the validation stream")
+            table = measure_table(valid, measure)
+            policy = ConsistencyPolicy(measure=measure, seed=seed)
+            points += _calibrated_points(
+                f"consistency[{measure}]", policy, table, valid, fusion, config
+            )
+    if "learned" in config.families:
+        _say(progress, "training the learned policy on the validation stream")
+        model, table, notes["learned"] = fit_learned(valid, fusion)
+        policy = LearnedPolicy(model=model, seed=seed)
+        notes["learned"]["weights"] = model.to_dict()["weights"]
+        points += _calibrated_points("learned", policy, table, valid, fusion, config)
+    return points, notes
+
+
+def reference_points(config: RequestRateConfig) -> list[PolicyPoint]:
+    """never, always (fused), LLM-only at always, SRM-only without cloud."""
+    fusion = build_fusion(config.fusion)
+    return [
+        PolicyPoint("never", NeverPolicy(seed=config.seed), fusion),
+        PolicyPoint("always", AlwaysPolicy(seed=config.seed), fusion),
+        PolicyPoint("llm_only", AlwaysPolicy(seed=config.seed), LLMOnlyFusion()),
+        PolicyPoint("srm_only", None),
+    ]
+
+
+def _say(progress: bool, message: str) -> None:
+    from shared.progress import progress_write
+
+    progress_write(message, enabled=progress)

@@ -1,0 +1,128 @@
+"""Bootstrap intervals over users (paired across points), a point's table row, and the goal
+check (best calibrated policy vs random and the references)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from simulations.replay import (
+    ReplayData,
+    ReplayResult,
+    reference_result,
+    replay,
+)
+from simulations.request_rate.config import CALIBRATED, METRICS, REFERENCES, RequestRateConfig
+from simulations.request_rate.points import PolicyPoint
+
+# ---------------------------------------------------------------- bootstrap and rows
+
+
+def bootstrap_indices(num_users: int, draws: int, seed: int) -> np.ndarray:
+    """`[B, U]` user resamples (with replacement), shared by every point so they pair up."""
+    return np.random.default_rng([seed, 2024]).integers(0, num_users, size=(draws, num_users))
+
+
+def bootstrap_interval(
+    values: np.ndarray, indices: np.ndarray, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of `[U]` per-user values and its percentile bootstrap interval.
+
+    Args:
+        values: `[U]` one value per user (e.g. the user's mean NDCG@10 over the stream).
+        indices: `[B, U]` resamples from `bootstrap_indices`.
+        confidence: interval coverage.
+    Returns:
+        `(mean, low, high)`.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    means = values[indices].mean(axis=1)  # [B]
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return float(values.mean()), float(low), float(high)
+
+
+def point_row(
+    point: PolicyPoint, result: ReplayResult, indices: np.ndarray, confidence: float
+) -> dict[str, Any]:
+    """One table row: policy, knob, rates and every metric with its interval."""
+    policy = point.policy
+    row: dict[str, Any] = {
+        "policy": point.family,
+        "label": result.label,
+        "fusion": point.fusion.name if point.fusion is not None else "none",
+        "knob": None if policy is None or policy.knob is None else float(policy.knob),
+        "tie_prob": getattr(policy, "tie_prob", None),
+        "target_rate": point.target_rate,
+        "valid_rate": point.valid_rate,
+        "request_rate": result.request_rate,
+    }
+    user_metrics = result.user_metrics()
+    for name in METRICS:
+        mean, low, high = bootstrap_interval(user_metrics[name], indices, confidence)
+        row[name], row[f"{name}_lo"], row[f"{name}_hi"] = mean, low, high
+    return row
+
+
+def run_point(test: ReplayData, point: PolicyPoint) -> ReplayResult:
+    """Replay one point on the test stream (srm_only: the SRM's full ranking, no requests)."""
+    if point.policy is None:
+        return reference_result("srm_only", test, test.srm.full_ranks)
+    label = point.family if point.family in REFERENCES else None
+    return replay(test, point.policy, point.fusion, label=label)
+
+
+# ---------------------------------------------------------------- goal check
+
+
+def paired_difference(
+    a: np.ndarray, b: np.ndarray, indices: np.ndarray, confidence: float
+) -> tuple[float, float, float]:
+    """Mean of `a − b` over users and its bootstrap interval (same resamples: paired)."""
+    return bootstrap_interval(np.asarray(a) - np.asarray(b), indices, confidence)
+
+
+def goal_check(
+    rows: list[dict[str, Any]],
+    results: list[ReplayResult],
+    points: list[PolicyPoint],
+    indices: np.ndarray,
+    config: RequestRateConfig,
+) -> list[dict[str, Any]]:
+    """Per target rate <= `goal_max_rate`: the best calibrated policy (picked on validation
+    NDCG@10) against always (ratio), random at the same rate and never (paired intervals)."""
+    by_family = {(p.family, p.target_rate): i for i, p in enumerate(points)}
+    ref = {p.family: i for i, p in enumerate(points) if p.family in REFERENCES}
+    user_ndcg = [r.user_metrics()["NDCG@10"] for r in results]
+    out = []
+    for rate in config.target_rates:
+        calibrated = [
+            i
+            for i, p in enumerate(points)
+            if p.target_rate == rate and p.family.split("[")[0] in CALIBRATED
+        ]
+        if rate > config.goal_max_rate or not calibrated or "always" not in ref:
+            continue
+        best = max(calibrated, key=lambda i: points[i].valid_ndcg10)
+        check = {
+            "target_rate": rate,
+            "best": rows[best]["label"],
+            "best_family": points[best].family,
+            "best_request_rate": rows[best]["request_rate"],
+            "best_NDCG@10": rows[best]["NDCG@10"],
+            "ratio_to_always": rows[best]["NDCG@10"] / max(rows[ref["always"]]["NDCG@10"], 1e-12),
+        }
+        check["reaches_ratio"] = check["ratio_to_always"] >= config.goal_ratio
+        for name in ("random", "never"):
+            other = by_family.get(("random", rate)) if name == "random" else ref.get("never")
+            if other is None:
+                continue
+            diff = paired_difference(user_ndcg[best], user_ndcg[other], indices, config.confidence)
+            check[f"{name}_NDCG@10"] = rows[other]["NDCG@10"]
+            check[f"{name}_NDCG@10_hi"] = rows[other]["NDCG@10_hi"]
+            check[f"diff_vs_{name}"] = list(diff)
+            check[f"beats_{name}"] = diff[1] > 0.0  # the paired interval excludes 0
+            check[f"above_{name}_interval"] = check["best_NDCG@10"] > rows[other]["NDCG@10_hi"]
+        out.append(check)
+    return out
