@@ -1,0 +1,101 @@
+"""What every simulated device runs and how it reaches the cloud: `FleetConfig`, the
+backends, and policy specs like `random:0.1`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+BACKENDS = ("process", "thread", "ray")
+RAY_HINT = "pip install 'lsc4rec[ray]'"
+
+
+class FleetBackendError(RuntimeError):
+    """A fleet backend cannot run here (e.g. Ray is not installed)."""
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """What every simulated device runs and how it talks to the cloud."""
+
+    target: str = "127.0.0.1:50051"  # the server, host:port or dns:///host:port
+    srm_dir: str = ""  # SRM checkpoint folder (train-srm); every worker loads it once
+    policy: str = "always"  # request policy spec, see `parse_policy`
+    fusion: str = "lsc4rec"  # device fusion (device.fusion.FUSIONS)
+    seed: int = 0  # policies' random streams (each user: policy.spawn(user))
+    workers: int = 2  # concurrent device processes (or threads, or Ray tasks at once)
+    backend: str = "process"  # process | thread | ray
+    n: int = 50  # candidates per list (DESIGN.md §1)
+    request_history: int = 50  # L: most recent clicks sent with a request (DESIGN.md §3)
+    deadline_ms: float = 200.0  # per-attempt deadline; a device never waits long on the cloud
+    max_attempts: int = 2  # attempts per fetch: one retry rides out a blip, not an outage
+    total_timeout_ms: float = 1000.0  # budget of one fetch, retries and backoff included
+    reconnect_backoff_s: float = 0.5  # channel reconnect cap: devices find a restarted server fast
+    step_delay_ms: float = 0.0  # think time between clicks (0 = replay as fast as possible)
+    token: str | None = field(default=None, repr=False)  # bearer token when the server wants one
+    torch_threads: int = 1  # per worker: workers, not threads, are the fleet's parallelism
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        for name in ("workers", "n", "request_history", "max_attempts", "torch_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("deadline_ms", "total_timeout_ms", "reconnect_backoff_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.step_delay_ms < 0:
+            raise ValueError(f"step_delay_ms must be >= 0, got {self.step_delay_ms}")
+        if not self.srm_dir:
+            raise ValueError("srm_dir must name an SRM checkpoint folder")
+        parse_policy(self.policy, self.seed)  # fail before any device starts
+        from device.fusion import build_fusion
+
+        build_fusion(self.fusion)
+
+    def client_config(self):
+        """The device client's config: deadlines, retries and reconnects of this fleet."""
+        from device.client import ClientConfig
+
+        return ClientConfig(
+            target=self.target,
+            timeout_s=self.deadline_ms / 1000,
+            total_timeout_s=self.total_timeout_ms / 1000,
+            max_attempts=self.max_attempts,
+            initial_backoff_s=min(0.05, self.deadline_ms / 1000),
+            max_backoff_s=max(0.05, self.deadline_ms / 1000),
+            max_reconnect_backoff_s=self.reconnect_backoff_s,
+            token=self.token,
+        )
+
+
+def parse_policy(spec: str, seed: int = 0):
+    """A request policy from a spec: `never`, `always`, `random:P`, `periodic:M`,
+    `consistency:THRESHOLD` or `consistency:MEASURE:THRESHOLD`.
+
+    Raises:
+        ValueError: unknown name, wrong number of fields, or a bad value (the message names
+            the spec).
+    """
+    from device.policies import build_policy
+
+    name, *args = spec.strip().split(":")
+    fields: dict[str, Any] = {}
+    try:
+        if name in ("never", "always") and not args:
+            pass
+        elif name == "random" and len(args) == 1:
+            fields["p"] = float(args[0])
+        elif name == "periodic" and len(args) == 1:
+            fields["m"] = int(args[0])
+        elif name == "consistency" and len(args) in (1, 2):
+            fields["threshold"] = float(args[-1])
+            fields["measure"] = args[0] if len(args) == 2 else "rank_diff"
+        else:
+            raise ValueError("expected never, always, random:P, periodic:M or consistency[:M]:T")
+        return build_policy(name, seed=seed, **fields)
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"bad policy spec {spec!r}: {err}") from None
