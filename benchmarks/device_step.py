@@ -9,7 +9,7 @@ On one CPU thread, for each history length L, times one click as a device handle
 
 The TTT rows first fold L clicks into the state, so any dependence on history length would
 show. Prints a table (p50 / p95 ms, p50 ratio vs `ttt4rec-onnx` at the same L) and writes
-JSON with the numbers and the budget checks of DESIGN.md section 5.
+JSON with the numbers and the budget checks of docs/design.md §5.
 
     python benchmarks/device_step.py --out runs/bench/device_step.json
 """
@@ -34,7 +34,7 @@ from device.models.ttt4rec import TTT4Rec, TTT4RecConfig
 from device.onnx_export import export_scorer, export_step
 from device.onnx_runtime import OnnxTTT4Rec
 
-BUDGET_P50_MS = 0.3  # ONNX step + rerank of 50 candidates (DESIGN.md §5)
+BUDGET_P50_MS = 0.3  # ONNX step + rerank of 50 candidates (docs/design.md §5)
 BUDGET_SPEEDUP_AT_50 = 5.0  # vs SASRec recomputing a 50-click history
 FLAT_TOLERANCE = 1.5  # p50 at the longest history within this factor of the shortest
 
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def budget_checks(rows: list[Row], lengths: list[int]) -> dict:
-    """The DESIGN.md §5 device targets, measured."""
+    """The docs/design.md §5 device targets, measured."""
     onnx = {row.history: row.p50_ms for row in rows if row.method == "ttt4rec-onnx"}
     sasrec = {row.history: row.p50_ms for row in rows if row.method == "sasrec-recompute"}
     checks = {

@@ -98,26 +98,22 @@ def find_generator(runs: Path = REPO_ROOT / "runs") -> Path | None:
 
 
 def train_synthetic_generator(folder: Path, seed: int) -> Path:
-    """A default-config generator (DESIGN's default size) trained briefly on synthetic data."""
+    """A generator of the default kind and size (the item LM) trained briefly on synthetic data."""
     import torch
 
-    from cloud.config import GeneratorConfig
-    from cloud.generator import CandidateGenerator
-    from cloud.training import TrainConfig, train_generator
+    from cloud.item_lm import ItemLMConfig, ItemSequenceGenerator
+    from cloud.training import item_lm_train_config, train_item_lm
     from shared.datasets.synthetic import make_synthetic
     from shared.splits import split_stream
 
     torch.set_num_threads(1)
     dataset = make_synthetic(num_users=500, num_items=1000, seed=seed)
     split = split_stream(dataset)
-    generator = CandidateGenerator.create(
-        GeneratorConfig(), split.train, dataset.num_items, dataset_name=dataset.name, seed=seed
+    generator = ItemSequenceGenerator.create(
+        ItemLMConfig(num_items=dataset.num_items), dataset_name=dataset.name, seed=seed
     )
-    config = TrainConfig(
-        epochs=1, samples_per_epoch=4096, batch_size=128, max_eval_users=64, progress=False
-    )
-    report = train_generator(generator, split, config)
-    print(f"trained a synthetic generator: loss {report.losses[-1]:.3f}", file=sys.stderr)
+    result = train_item_lm(generator, split, item_lm_train_config(epochs=2, progress=False))
+    print(f"trained a synthetic generator: loss {result.epochs[-1]['loss']:.3f}", file=sys.stderr)
     generator.save_pretrained(folder)
     return folder
 

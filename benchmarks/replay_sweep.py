@@ -9,7 +9,7 @@ Stages, each timed on its own (torch on one thread):
 - `load caches`: reading both back from disk;
 - `sweep (8 points)`: calibrating on the validation stream and replaying 8 policy points on
   the test stream (never, always, random 0.1 / 0.3, periodic m=5, consistency[rank_diff] at
-  0.1, consistency[kendall] at 0.3, learned at 0.2) — the budget of DESIGN.md §5 is ≤ 60 s;
+  0.1, consistency[kendall] at 0.3, learned at 0.2) — the budget of docs/design.md §5 is ≤ 60 s;
 - `DeviceSession replay (1 point)`: random(0.3) through one `DeviceSession` per user, the
   reference path, side by side with the fast replay of the same point (ratio).
 
@@ -52,7 +52,7 @@ from simulations.replay import (
 )
 from simulations.request_rate import calibrate_on_stream, fit_learned, measure_table
 
-BUDGET_SWEEP_S = 60.0  # 8 policy points after the lists are cached (DESIGN.md §5)
+BUDGET_SWEEP_S = 60.0  # 8 policy points after the lists are cached (docs/design.md §5)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

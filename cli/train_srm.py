@@ -1,6 +1,6 @@
 """`lsc4rec train-srm`: train a device model (ttt4rec, sasrec, gru4rec, din) on a data set.
 
-Trains on the training part of the split (DESIGN.md section 3), selects the best epoch on the
+Trains on the training part of the split (docs/design.md §3), selects the best epoch on the
 validation targets, and writes a checkpoint folder (safetensors + config.json) plus
 `training_log.json`.
 """

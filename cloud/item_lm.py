@@ -38,6 +38,7 @@ from torch import nn
 
 from cloud import backbone as bb
 from cloud.base import GeneratorBase, read_meta, weights_version
+from cloud.config import BackboneConfig
 from device.models.base import SequentialRecommender, SRMConfig, compact_history, gather_last
 from shared.batching import pad_histories
 from shared.candidates import CandidateList
@@ -81,7 +82,6 @@ class ItemLMConfig(SRMConfig):
 
 def build_decoder(config: ItemLMConfig):
     """A randomly initialised Qwen2/Llama causal LM whose vocabulary is the catalogue."""
-    from cloud.config import BackboneConfig
 
     backbone = BackboneConfig(
         kind=config.kind,

@@ -49,7 +49,7 @@ class ServerConfig:
     max_batch_size: int = 32  # requests per model call; 1 turns micro-batching off
     max_wait_ms: float = 2.0  # longest wait for a batch to fill; small next to a ~30 ms model call
     max_queue_size: int = 256  # waiting requests beyond this get RESOURCE_EXHAUSTED, not latency
-    default_n: int = 50  # candidates when a request says n = 0 (DESIGN.md: N = 50)
+    default_n: int = 50  # candidates when a request says n = 0 (docs/design.md §1: N = 50)
     max_n: int = 500  # beam search cost grows with n; bounds one request's compute
     max_history_items: int = 1000  # the model reads only the last few; longer is a client bug
     max_batch_requests: int = 256  # most requests in one GetCandidatesBatch call

@@ -21,9 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from shared.batching import TrainBatch, UserItemIndex, pad_histories, sample_negatives
+from device.training import train_srm
+from shared.batching import (
+    NextItemBatcher,
+    TrainBatch,
+    UserItemIndex,
+    pad_histories,
+    sample_negatives,
+)
 from shared.cache import digest, load_npz, save_npz, sequences_digest
 from shared.candidates import CandidateList
+from shared.progress import progress_bar
 
 GenerateFn = Callable[[list[np.ndarray]], list[CandidateList]]
 
@@ -63,7 +71,6 @@ def build_candidate_examples(
     progress: bool = True,
 ) -> CandidateExamples:
     """Ask the LLM for a list before each of the newest `per_user` clicks of every user."""
-    from shared.progress import progress_bar
 
     users, positions = choose_positions(sequences, per_user)
     lists: list[np.ndarray] = []
@@ -216,9 +223,6 @@ def train_collaborative(
     (`valid` must carry them: `ValidationSet.with_lists`).
     """
     import dataclasses
-
-    from device.training import train_srm
-    from shared.batching import NextItemBatcher
 
     results = {}
     if config.epochs:

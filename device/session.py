@@ -1,6 +1,6 @@
 """One user's device: history, the SRM's carried state, the cached list and the request policy.
 
-A stream step on the device (DESIGN.md §3) is
+A stream step on the device (docs/design.md §3) is
 
     outcome = session.serve_step(fetch)  # ask the policy, maybe fetch, rerank, show top-k
     session.observe(click)               # history grows, the SRM state takes its step
@@ -19,6 +19,10 @@ loses a click: clicks go to the history and the SRM state whatever happens to re
 The SRM sits behind `SRMRunner` (`init_state`, `step`, `score_items`), so a torch model that
 carries a state (TTT4Rec), its onnxruntime twin (`OnnxTTT4Rec`) and a model that re-reads the
 history (SASRec, GRU4Rec, DIN) all plug in the same way; `make_runner` picks the adapter.
+
+The runners, the cached list and the session stay in one module: the session's contract
+(never lose a click, keep recommending without the cloud) spans all three, and each piece is
+short.
 """
 
 from __future__ import annotations
@@ -171,7 +175,7 @@ class SessionConfig:
     """Knobs of one device session."""
 
     top_k: int = 10  # items shown per step (recommend's default k)
-    request_history: int = 50  # L: most recent clicks sent with a request (DESIGN.md §3)
+    request_history: int = 50  # L: most recent clicks sent with a request (docs/design.md §3)
     backoff_steps: int = 1  # steps to wait after a failed request before the next try
     max_backoff_steps: int = 16  # the wait doubles after each failure up to this
 

@@ -1,4 +1,4 @@
-"""The split roles of the evaluation protocol (DESIGN.md section 3).
+"""The split roles of the evaluation protocol (docs/design.md §3).
 
 For a user with chronological items `s_1 … s_n` and test window `T`:
 

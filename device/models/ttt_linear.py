@@ -12,6 +12,10 @@ Pad tokens (mask False) never update the state: their inner learning rate is zer
 full forward, and `step` keeps the old state for them. The full forward expects valid
 tokens first (right padding); `TTT4Rec` normalises histories to that order.
 
+One module on purpose: the full forward (dual form), the online-GD path and the one-token
+`step` implement the same equations and are tested against each other to 1e-5; keeping them
+side by side is what keeps them equal.
+
 Letters used in shape comments:
     B  batch (users)              L  sequence length (padded to a multiple of M inside)
     D  model width                H  heads

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shared.datasets import files
 from shared.datasets.base import (
     DatasetError,
     InteractionLog,
     SequenceDataset,
     build_sequence_dataset,
 )
+from shared.datasets.movielens100k import load_movielens_100k
+from shared.datasets.synthetic import make_synthetic
 
 BUILT_IN = ("ml-100k", "synthetic")
 FROM_FILE = ("ml-1m", "amazon", "csv")
@@ -55,15 +58,10 @@ def load_dataset(
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: no such file")
     if name == "ml-100k":
-        from shared.datasets.movielens100k import load_movielens_100k
-
         dataset = load_movielens_100k()
         return dataset if k_core <= 1 else _refilter(dataset, k_core)
     if name == "synthetic":
-        from shared.datasets.synthetic import make_synthetic
-
         return make_synthetic(**options)
-    from shared.datasets import files
 
     readers = {
         "ml-1m": files.read_movielens_1m,

@@ -1,6 +1,6 @@
 """Live simulated device fleets: every stream user as a device talking to the real gRPC server.
 
-Each device replays its user's online stream (DESIGN.md §3) exactly as a phone would:
+Each device replays its user's online stream (docs/design.md §3) exactly as a phone would:
 
     start      fetch the initial list for `s_1 … s_{n−T}` (not counted as a request)
     each step  the policy decides -> maybe `GetCandidates` with the last L clicks (deadline,

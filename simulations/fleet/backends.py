@@ -14,6 +14,7 @@ import numpy as np
 
 from simulations.fleet.config import RAY_HINT, FleetBackendError, FleetConfig
 from simulations.fleet.device import DeviceRecord, DeviceTask, RequestLog, run_device
+from simulations.replay import ReplayResult
 
 # ---------------------------------------------------------------- the fleet
 
@@ -40,7 +41,6 @@ class FleetResult:
 
     def replay_result(self, label: str | None = None):
         """The records as a `ReplayResult`, comparable with `simulations.replay.replay`."""
-        from simulations.replay import ReplayResult
 
         users = np.asarray([d.user for d in self.devices], dtype=np.int64)
         return ReplayResult(

@@ -6,6 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from device.client import ClientConfig
+from device.fusion import build_fusion
+from device.policies import build_policy
+
 BACKENDS = ("process", "thread", "ray")
 RAY_HINT = "pip install 'lsc4rec[ray]'"
 
@@ -28,8 +32,8 @@ class FleetConfig:
     seed: int = 0  # policies' random streams (each user: policy.spawn(user))
     workers: int = 2  # concurrent device processes (or threads, or Ray tasks at once)
     backend: str = "process"  # process | thread | ray
-    n: int = 50  # candidates per list (DESIGN.md §1)
-    request_history: int = 50  # L: most recent clicks sent with a request (DESIGN.md §3)
+    n: int = 50  # candidates per list (docs/design.md §1)
+    request_history: int = 50  # L: most recent clicks sent with a request (docs/design.md §3)
     deadline_ms: float = 200.0  # per-attempt deadline; a device never waits long on the cloud
     max_attempts: int = 2  # attempts per fetch: one retry rides out a blip, not an outage
     total_timeout_ms: float = 1000.0  # budget of one fetch, retries and backoff included
@@ -52,13 +56,11 @@ class FleetConfig:
         if not self.srm_dir:
             raise ValueError("srm_dir must name an SRM checkpoint folder")
         parse_policy(self.policy, self.seed)  # fail before any device starts
-        from device.fusion import build_fusion
 
         build_fusion(self.fusion)
 
     def client_config(self):
         """The device client's config: deadlines, retries and reconnects of this fleet."""
-        from device.client import ClientConfig
 
         return ClientConfig(
             target=self.target,
@@ -80,7 +82,6 @@ def parse_policy(spec: str, seed: int = 0):
         ValueError: unknown name, wrong number of fields, or a bad value (the message names
             the spec).
     """
-    from device.policies import build_policy
 
     name, *args = spec.strip().split(":")
     fields: dict[str, Any] = {}

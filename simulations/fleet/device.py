@@ -11,6 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from device.checkpoint import load_srm
+from device.client import CandidateClient
+from device.driver import run_stream
+from device.fusion import build_fusion
+from device.session import DeviceSession, SessionConfig, make_runner
 from simulations.fleet.config import FleetConfig, parse_policy
 
 # ---------------------------------------------------------------- one device
@@ -65,8 +70,6 @@ def _worker_model(config: FleetConfig):
         if key not in _WORKER_CACHE:
             import torch
 
-            from device.checkpoint import load_srm
-
             torch.set_num_threads(config.torch_threads)
             _WORKER_CACHE[key] = load_srm(config.srm_dir)
         return _WORKER_CACHE[key]
@@ -74,7 +77,6 @@ def _worker_model(config: FleetConfig):
 
 def _worker_client(config: FleetConfig):
     """One gRPC client per worker and target (a channel is thread-safe and reconnects)."""
-    from device.client import CandidateClient
 
     client_config = config.client_config()
     key = ("client", repr(client_config), config.token)
@@ -107,9 +109,6 @@ def _fetcher(client, config: FleetConfig, task: DeviceTask, log: list[RequestLog
 
 def run_device(task: DeviceTask, config: FleetConfig) -> DeviceRecord:
     """Replay one user's stream against the server (the unit of work of every backend)."""
-    from device.driver import run_stream
-    from device.fusion import build_fusion
-    from device.session import DeviceSession, SessionConfig, make_runner
 
     client, log = _worker_client(config), []
     session_config = SessionConfig(top_k=config.n, request_history=config.request_history)

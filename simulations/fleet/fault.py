@@ -9,6 +9,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
+from cloud.server import ServerConfig, create_server
 from simulations.fleet.backends import FleetResult, run_fleet
 from simulations.fleet.config import FleetConfig
 
@@ -74,8 +75,6 @@ def run_fleet_with_restart(
         the fleet's records; `events` holds `stopped_at` / `restarted_at` (time.time()).
     """
     from dataclasses import replace
-
-    from cloud.server import ServerConfig, create_server
 
     plan, server_config = plan or FaultPlan(), server_config or ServerConfig(grace_s=1.0)
     server, port = create_server(generator, "127.0.0.1:0", server_config)

@@ -1,4 +1,4 @@
-"""Replay of the online stream (DESIGN.md §3) against cached fresh lists, for any request policy.
+"""Replay of the online stream (docs/design.md §3) against cached fresh lists, for any request policy.
 
 What a device shows at a stream step depends on the policy only through *which* list it
 holds: at step `t` it is the fresh list made for the history before some step `j <= t`

@@ -177,7 +177,7 @@ class ReplayResult:
 
     @property
     def request_rate(self) -> float:
-        """requests / steps (DESIGN.md §3)."""
+        """requests / steps (docs/design.md §3)."""
         return float(self.requested.mean())
 
     def step_metrics(self, ks: Sequence[int] = KS) -> dict[str, np.ndarray]:

@@ -11,6 +11,7 @@ import numpy as np
 
 from shared.cache import digest, load_npz, save_npz
 from shared.candidates import CandidateList
+from shared.progress import progress_bar
 from simulations.replay.keys import generator_fingerprint
 from simulations.replay.stream import CACHE_FORMAT, ListGenerator, ReplayConfig, ReplayStream
 
@@ -77,7 +78,6 @@ def generate_lists(
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`[R, N]` items and scores of one fresh list per history, in chunks (one bar update each)."""
-    from shared.progress import progress_bar
 
     items, scores = [], []
     bar = progress_bar(total=len(histories), desc="fresh lists", unit="list", enabled=progress)

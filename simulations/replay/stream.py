@@ -36,8 +36,8 @@ class ListGenerator(Protocol):
 class ReplayConfig:
     """How fresh lists are made and cached."""
 
-    n: int = 50  # candidates per list (DESIGN.md §1 default)
-    request_history: int = 50  # L: most recent clicks sent with a request (DESIGN.md §3)
+    n: int = 50  # candidates per list (docs/design.md §1 default)
+    request_history: int = 50  # L: most recent clicks sent with a request (docs/design.md §3)
     batch_size: int = 32  # requests the generator decodes together (bounds its memory)
     chunk_size: int = 256  # requests per generate call, i.e. per progress-bar update
 
@@ -116,7 +116,7 @@ def stream_from_split(
 ) -> ReplayStream:
     """The test stream of a split, or a validation stream built from its known part.
 
-    test:  history `s_1 … s_{n−T}`, steps `s_{n−T+1} … s_n` (DESIGN.md §3).
+    test:  history `s_1 … s_{n−T}`, steps `s_{n−T+1} … s_n` (docs/design.md §3).
     valid: the same shape shifted back by the test window, inside what the device knows
         before the test stream: history `s_1 … s_{n−T−W}`, steps `s_{n−T−W+1} … s_{n−T}`
         (`W = window`, default `T`). The last step is the validation target; the others

@@ -12,6 +12,7 @@ import numpy as np
 from device.session import SRMRunner, make_runner
 from shared.cache import digest, load_npz, save_npz
 from shared.metrics import full_ranking_ranks
+from shared.progress import progress_bar
 from simulations.replay.keys import srm_fingerprint
 from simulations.replay.lists import FreshLists
 from simulations.replay.stream import CACHE_FORMAT, ReplayStream
@@ -90,7 +91,6 @@ def compute_srm_tables(
             state after the stream (a validation stream ends where the test stream starts).
         progress: show a progress bar.
     """
-    from shared.progress import progress_bar
 
     shape = (stream.num_users, stream.window, stream.window, lists.items.shape[-1])
     logits = np.zeros(shape, dtype=np.float32)

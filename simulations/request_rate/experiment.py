@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.progress import progress_bar
 from simulations.replay import (
     ReplayData,
     ReplayResult,
@@ -48,7 +49,6 @@ def run_request_rate(
         config: the sweep.
         progress: show a progress bar over the points.
     """
-    from shared.progress import progress_bar
 
     config = RequestRateConfig() if config is None else config
     points, notes = build_points(valid, test.window, config, progress)

@@ -18,6 +18,7 @@ from device.policies import (
     RequestPolicy,
 )
 from shared.metrics import ndcg
+from shared.progress import progress_write
 from simulations.replay import (
     ReplayData,
 )
@@ -116,6 +117,5 @@ def reference_points(config: RequestRateConfig) -> list[PolicyPoint]:
 
 
 def _say(progress: bool, message: str) -> None:
-    from shared.progress import progress_write
 
     progress_write(message, enabled=progress)

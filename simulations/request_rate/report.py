@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from simulations.plots import plot_request_rate
 from simulations.replay import (
     ReplayResult,
 )
@@ -86,7 +87,6 @@ def write_outputs(
     meta: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write `request_rate.{csv,json,md,png}` and `records.npz` into `out`; returns the paths."""
-    from simulations.plots import plot_request_rate
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
