@@ -1,10 +1,10 @@
 """`lsc4rec train-llm`: train the cloud candidate generator and save it as one folder.
 
 `--generator item-lm` (default): a decoder-only Qwen2/Llama model over item tokens, trained
-sequence-level with the full softmax and early stopping on validation Recall@50;
-`--item-attributes` feeds it the data set's item metadata. `--generator prompt`: the T5/P5
-prompt generator from scratch, or a local pretrained model with `--base-model` (LoRA unless
-`--lora-rank 0`). Trains on the training part of the stream split, keeps the epoch with the
+sequence-level with the full softmax and early stopping on validation Recall@50; it reads the
+data set's item metadata when there is some (`--item-attributes auto|on|off`).
+`--generator prompt`: the T5/P5 prompt generator from scratch, or a local pretrained model
+with `--base-model` (LoRA unless `--lora-rank 0`). Trains on the training part of the stream split, keeps the epoch with the
 best validation Recall@N, and writes the model and `training_log.json` into `--out`.
 """
 
@@ -43,8 +43,10 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--item-attributes",
-        action="store_true",
-        help="item-lm: add the data set's item metadata (ml-100k: genres, year, title words)",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="item-lm: the data set's item metadata as input (ml-100k: genres, year, title "
+        "words); auto = when the data set has it",
     )
     group.add_argument(
         "--backbone",
@@ -143,7 +145,7 @@ def build_configs(args: argparse.Namespace):
     """The generator and training configs the arguments describe (ValueError when invalid)."""
     if args.generator == "item-lm":
         return build_item_lm_configs(args)
-    if args.item_attributes:
+    if args.item_attributes == "on":
         raise ValueError("--item-attributes applies to --generator item-lm only")
     backbone = BackboneConfig(
         kind=args.backbone or "t5",
@@ -226,8 +228,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.base_model}: no such model folder")
     gen_config, train_config = build_configs(args)
     dataset = load_dataset_from_args(args)
-    if args.item_attributes and dataset.item_attributes is None:
-        raise ValueError(f"{dataset.name} has no item attributes (--item-attributes)")
+    if args.item_attributes == "on" and dataset.item_attributes is None:
+        raise ValueError(f"{dataset.name} has no item attributes (--item-attributes on)")
     split = split_stream(dataset, test_window=args.test_window)
     train = _train_item_lm if args.generator == "item-lm" else _train_prompt
     started = time.perf_counter()
@@ -269,7 +271,7 @@ def _train_item_lm(args, model_config, train_config, dataset, split):
         model_config,
         dataset_name=dataset.name,
         item_titles=dataset.item_titles,
-        item_attributes=dataset.item_attributes if args.item_attributes else None,
+        item_attributes=None if args.item_attributes == "off" else dataset.item_attributes,
         seed=args.seed,
     )
     names = generator.attribute_names

@@ -51,7 +51,7 @@ def test_train_llm_prompt_generator(prompt_dir):
     [
         (["--base-model", "."], "--base-model applies to --generator prompt only"),
         (["--backbone", "t5"], "decoder-only"),
-        (["--generator", "prompt", "--item-attributes"], "--item-attributes applies"),
+        (["--generator", "prompt", "--item-attributes", "on"], "--item-attributes applies"),
     ],
 )
 def test_train_llm_rejects_options_of_the_other_generator(tmp_path, capsys, extra, message):
@@ -64,7 +64,7 @@ def test_item_attributes_need_a_data_set_that_has_them(tmp_path, capsys):
     rows = [f"{u},{i},{100 * u + i}" for u in range(3) for i in range(1, 30)]
     (tmp_path / "log.csv").write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
     argv = ["train-llm", "--dataset", "csv", "--path", str(tmp_path / "log.csv")]
-    assert main(argv + ["--out", str(tmp_path / "m"), "--item-attributes", *TINY]) == 2
+    assert main(argv + ["--out", str(tmp_path / "m"), "--item-attributes", "on", *TINY]) == 2
     assert "csv has no item attributes" in capsys.readouterr().err
 
 
