@@ -57,8 +57,8 @@ class ItemLMConfig(SRMConfig):
     num_layers: int = 2  # decoder layers
     num_heads: int = 2  # attention heads (D must be divisible by it)
     d_ff: int = 256  # feed-forward width
-    dropout: float = 0.2  # dropout on the input item vectors during training
-    attention_dropout: float = 0.2  # dropout on the attention weights during training
+    dropout: float = 0.5  # dropout on the input item vectors during training (grid: 0.5 > 0.2)
+    attention_dropout: float = 0.5  # dropout on the attention weights during training
     max_len: int = 50  # history items read per request (the last L)
     num_attributes: int = 0  # size of the item-attribute vocabulary (0 = ids only)
 

@@ -12,7 +12,7 @@ share of targets in the fresh list (made from the history up to the step) and in
 at the stream start, and the NDCG@10 of the generator's own order, with 95% bootstrap
 intervals over users on the fresh − stale difference (offset 1: the two lists are the same).
 
-    python -m simulations.candidate_table --model runs/llm runs/llm_t5 --srm runs/srm_sasrec \
+    lsc4rec candidate-table --model runs/llm runs/llm_t5 --srm runs/srm_sasrec \
         --fresh-stale --out runs/candidate_table
 
 Writes `candidate_table.json|md` (and `fresh_stale.json|md`) into `--out`, prints the tables.

@@ -11,7 +11,7 @@ order *inside* the LLM's 50-candidate list (a target outside the list scores 0),
 ranking over all items; plus, inside the same lists, the LLM's own order and the fused order
 (LSC4Rec's `α·(1 − j/N) + (1 − α)·σ(srm)`, α = 0.5).
 
-    python -m simulations.collab_ablation --dataset ml-100k --llm runs/llm --seeds 0 1 2
+    lsc4rec collab-ablation --dataset ml-100k --llm runs/llm --seeds 0 1 2
 """
 
 from __future__ import annotations

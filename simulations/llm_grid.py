@@ -1,7 +1,7 @@
 """Size the item-LM generator by validation: a grid of model settings, each trained the same
 way (same split, same epochs and patience), ranked by validation Recall@50.
 
-    python -m simulations.llm_grid --dataset ml-100k --hidden 64 128 --dropout 0.2 0.5 \
+    lsc4rec llm-grid --dataset ml-100k --hidden 64 128 --dropout 0.2 0.5 \
         --attributes off on --out runs/llm_grid
 
 Writes `llm_grid.json` and `llm_grid.md` into `--out` (one row per setting: Recall@50 and

@@ -2,7 +2,7 @@
 evaluated by leave-one-out on the training part, with 99 sampled negatives and with full
 ranking, mean ± std over seeds.
 
-    python -m simulations.model_table --dataset ml-100k --seeds 0 1 2 --out runs/model_table
+    lsc4rec model-table --dataset ml-100k --seeds 0 1 2 --out runs/model_table
 
 Writes `model_table.json` and `model_table.md` into `--out` and prints both tables.
 """

@@ -2,7 +2,7 @@
 over `initializer_range` × `mini_batch_size`, each cell trained to convergence by the model
 table's harness (same split, protocol and early stopping).
 
-    python -m simulations.ttt_grid --dataset ml-100k --loss ce --jobs 2 --out runs/ttt_grid
+    lsc4rec ttt-grid --dataset ml-100k --loss ce --jobs 2 --out runs/ttt_grid
 
 Writes `ttt_grid.json`, `ttt_grid.md` (a table per protocol) and `ttt_grid.png` into `--out`.
 """
