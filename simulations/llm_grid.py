@@ -31,6 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--dropout", nargs="+", type=float, default=[0.2])
     parser.add_argument("--weight-decay", nargs="+", type=float, default=[0.1])
+    parser.add_argument("--lr", nargs="+", type=float, default=[1e-3])
+    parser.add_argument("--stride", nargs="+", type=int, default=[0], help="0 = max_len / 2")
     parser.add_argument("--attributes", nargs="+", default=["off"], choices=("off", "on"))
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--patience", type=int, default=5)
@@ -43,8 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def settings(args: argparse.Namespace) -> list[dict]:
     """Every combination of the grid's lists."""
-    keys = ("kind", "hidden_size", "num_layers", "dropout", "weight_decay", "attributes")
-    lists = (args.kind, args.hidden, args.layers, args.dropout, args.weight_decay, args.attributes)
+    keys = ("kind", "hidden_size", "num_layers", "dropout", "weight_decay", "lr", "stride")
+    keys += ("attributes",)
+    lists = (args.kind, args.hidden, args.layers, args.dropout, args.weight_decay, args.lr)
+    lists += (args.stride, args.attributes)
     return [dict(zip(keys, values)) for values in itertools.product(*lists)]
 
 
@@ -70,6 +74,8 @@ def train_one(setting: dict, dataset, split, args: argparse.Namespace) -> dict:
         epochs=args.epochs,
         patience=args.patience,
         weight_decay=setting["weight_decay"],
+        lr=setting["lr"],
+        stride=setting["stride"],
         seed=args.seed,
         progress=False,
     )
@@ -90,13 +96,14 @@ def train_one(setting: dict, dataset, split, args: argparse.Namespace) -> dict:
 def markdown(rows: list[dict], dataset: str) -> str:
     head = (
         f"Item-LM generator grid on {dataset} (validation targets, history = training part)\n\n"
-        "| model | width | layers | dropout | weight decay | item attributes | Recall@50 "
-        "| NDCG@10 | best epoch / run | seconds | parameters |\n"
-        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n"
+        "| model | width | layers | dropout | weight decay | lr | stride | item attributes "
+        "| Recall@50 | NDCG@10 | best epoch / run | seconds | parameters |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n"
     )
     body = "".join(
         f"| {r['kind']} | {r['hidden_size']} | {r['num_layers']} | {r['dropout']} | "
-        f"{r['weight_decay']} | {r['attributes']} | {r['Recall@50']:.4f} | {r['NDCG@10']:.4f} | "
+        f"{r['weight_decay']} | {r.get('lr', 1e-3):g} | {r.get('stride', 0) or 'max_len/2'} | "
+        f"{r['attributes']} | {r['Recall@50']:.4f} | {r['NDCG@10']:.4f} | "
         f"{r['best_epoch']} / {r['epochs_run']} | {r['seconds']:.0f} | {r['parameters']:,} |\n"
         for r in sorted(rows, key=lambda r: -r["Recall@50"])
     )
