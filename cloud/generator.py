@@ -145,31 +145,6 @@ class CandidateGenerator(GeneratorBase):
 
     # ----------------------------------------------------------------- generation
 
-    def generate(
-        self, histories: Sequence[Sequence[int]], n: int = 50, batch_size: int = 32
-    ) -> list[CandidateList]:
-        """Candidate lists for a batch of requests.
-
-        Args:
-            histories: per request, the user's item ids, oldest first (the prompt uses the last
-                `config.max_history`; none of the history's items are returned).
-            n: candidates per request.
-            batch_size: requests decoded together (bounds memory: batch_size * beams rows).
-        Returns:
-            per request, a `CandidateList` of n distinct valid items outside the history,
-            ranked by sequence log-probability (descending).
-        Raises:
-            ValueError: no histories, an empty history, an unknown item id, n < 1, or n larger
-                than the catalogue minus the history.
-        """
-        checked = self.check_request(histories, n)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        out: list[CandidateList] = []
-        for start in range(0, len(checked), batch_size):
-            out.extend(self._generate_batch(checked[start : start + batch_size], n))
-        return out
-
     @torch.inference_mode()
     def _generate_batch(self, histories: list[np.ndarray], n: int) -> list[CandidateList]:
         self.model.eval()

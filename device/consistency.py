@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from device.fusion import as_batch, list_ranks
+from shared import registry
 
 
 class ConsistencyMeasure:
@@ -168,12 +169,7 @@ def build_measure(name: str = "rank_diff", **kwargs: Any) -> ConsistencyMeasure:
     Raises:
         ValueError: unknown name (the message lists the valid ones), unknown field or bad value.
     """
-    if name not in MEASURES:
-        raise ValueError(f"unknown measure {name!r}; valid names: {', '.join(sorted(MEASURES))}")
-    try:
-        return MEASURES[name](**kwargs)
-    except TypeError as err:
-        raise ValueError(f"bad arguments for measure {name!r}: {err}") from None
+    return registry.build(MEASURES, "measure", name, **kwargs)
 
 
 def all_measures(

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from shared import registry
 from shared.candidates import CandidateList
 
 _BIG = 1e30  # stands in for ±inf / NaN logits so that sort keys stay finite
@@ -246,12 +247,7 @@ def build_fusion(name: str = "lsc4rec", **kwargs: Any) -> Fusion:
     Raises:
         ValueError: unknown name (the message lists the valid ones), unknown field or bad value.
     """
-    if name not in FUSIONS:
-        raise ValueError(f"unknown fusion {name!r}; valid names: {', '.join(sorted(FUSIONS))}")
-    try:
-        return FUSIONS[name](**kwargs)
-    except TypeError as err:
-        raise ValueError(f"bad arguments for fusion {name!r}: {err}") from None
+    return registry.build(FUSIONS, "fusion", name, **kwargs)
 
 
 def rank_order(fused: np.ndarray) -> np.ndarray:

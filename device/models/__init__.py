@@ -13,6 +13,7 @@ from device.models.din import DIN, DINConfig
 from device.models.gru4rec import GRU4Rec, GRU4RecConfig
 from device.models.sasrec import SASRec, SASRecConfig
 from device.models.ttt4rec import TTT4Rec, TTT4RecConfig
+from shared import registry
 
 MODEL_REGISTRY: dict[str, type[SequentialRecommender]] = {
     "ttt4rec": TTT4Rec,
@@ -28,11 +29,7 @@ def get_model_class(name: str) -> type[SequentialRecommender]:
     Raises:
         ValueError: `name` is not registered; the message lists the valid names.
     """
-    try:
-        return MODEL_REGISTRY[name]
-    except KeyError:
-        valid = ", ".join(sorted(MODEL_REGISTRY))
-        raise ValueError(f"unknown model name {name!r}; valid names: {valid}") from None
+    return registry.lookup(MODEL_REGISTRY, "model name", name)
 
 
 def build_model(name: str, **config_kwargs: Any) -> SequentialRecommender:

@@ -45,6 +45,7 @@ from device.policies.rules import (
     PeriodicPolicy,
     RandomPolicy,
 )
+from shared import registry
 
 POLICIES: dict[str, type[RequestPolicy]] = {
     cls.name: cls
@@ -66,12 +67,7 @@ def build_policy(name: str, **kwargs: Any) -> RequestPolicy:
     Raises:
         ValueError: unknown name (the message lists the valid ones), unknown field or bad value.
     """
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; valid names: {', '.join(sorted(POLICIES))}")
-    try:
-        return POLICIES[name](**kwargs)
-    except TypeError as err:
-        raise ValueError(f"bad arguments for policy {name!r}: {err}") from None
+    return registry.build(POLICIES, "policy", name, **kwargs)
 
 
 __all__ = [
