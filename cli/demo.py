@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage")
     parser.add_argument("--dataset", default="ml-100k", help="ml-100k (default) or synthetic")
     parser.add_argument(
-        "--llm-epochs", type=int, default=40, help="most generator epochs (patience 3)"
+        "--llm-epochs", type=int, default=12, help="most generator epochs (patience 3)"
     )
     parser.add_argument(
         "--srm-epochs", type=int, default=20, help="most TTT4Rec epochs trained alone (patience 3)"
