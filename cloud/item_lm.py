@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cloud import backbone as bb
@@ -255,8 +256,6 @@ class ItemSequenceGenerator(GeneratorBase):
     def save_pretrained(self, folder: str | Path) -> None:
         """Write the transformers model (`model/`), the item side (attribute embeddings), the
         attribute vocabulary, titles and config into one folder (no pickle)."""
-        from safetensors.torch import save_file
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         bb.save_model(self.model.lm, folder)
@@ -275,8 +274,6 @@ class ItemSequenceGenerator(GeneratorBase):
             FileNotFoundError: the folder or one of its parts is missing.
             ValueError: the folder was written by a newer, unknown format.
         """
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         meta, titles = read_meta(folder)
         config = ItemLMConfig(**meta["config"])
