@@ -149,3 +149,14 @@ def test_attribute_tokens_of_a_recbole_item_file():
     assert attributes["2"] == ("word=face", "word=off", "genre=Action")
     vocabulary, per_item = attribute_vocabulary([(), attributes["1"], attributes["2"]])
     assert vocabulary == [] and per_item == [[], [], []]  # no token shared by two items
+
+
+def test_a_llama_configuration_works_the_same_way(tmp_path):
+    generator = _create(60, kind="llama")
+    assert type(generator.model.lm).__name__ == "LlamaForCausalLM"
+    found = generator.generate([[4, 9]], n=10)[0]
+    assert len(set(found.items.tolist())) == 10 and not {4, 9} & set(found.items.tolist())
+    generator.save_pretrained(tmp_path / "llama")
+    again = load_generator(tmp_path / "llama")
+    assert again.generate([[4, 9]], n=10)[0].items.tolist() == found.items.tolist()
+    assert again.model_version.startswith("llama-items-")
