@@ -55,6 +55,12 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sweep")
     group.add_argument("--fusion", default="lsc4rec", help="device fusion (default lsc4rec)")
     group.add_argument(
+        "--tune-alpha",
+        action="store_true",
+        help="choose the lsc4rec fusion's α in 0, 0.1, …, 1 on the validation stream "
+        "(always-request NDCG@10); α = 0.5 stays as a reference row",
+    )
+    group.add_argument(
         "--rates", type=_csv(float), default=(0.05, 0.1, 0.2, 0.3, 0.5, 0.8), help="target rates"
     )
     group.add_argument(
@@ -130,6 +136,7 @@ def _build_configs(args: argparse.Namespace):
         families=args.policies,
         measures=args.measures,
         fusion=args.fusion,
+        alphas=tuple(i / 10 for i in range(11)) if args.tune_alpha else (),
         seed=args.seed,
         bootstrap_draws=args.bootstrap,
     )

@@ -51,7 +51,13 @@ from simulations.request_rate.config import (
     prepare_streams,
 )
 from simulations.request_rate.experiment import ExperimentResult, reference_gaps, run_request_rate
-from simulations.request_rate.points import PolicyPoint, build_points, reference_points
+from simulations.request_rate.points import (
+    PolicyPoint,
+    always_ndcg10,
+    build_points,
+    choose_fusion,
+    reference_points,
+)
 from simulations.request_rate.report import (
     gaps_markdown,
     goal_markdown,
@@ -75,6 +81,8 @@ from simulations.request_rate.statistics import (
 )
 
 __all__ = [
+    "always_ndcg10",
+    "choose_fusion",
     "CALIBRATED",
     "ExperimentResult",
     "FAMILIES",

@@ -20,7 +20,7 @@ from simulations.replay import (
 
 FAMILIES = ("random", "periodic", "consistency", "learned")
 CALIBRATED = ("consistency", "learned")
-REFERENCES = ("never", "always", "llm_only", "srm_only")
+REFERENCES = ("never", "always", "llm_only", "srm_only", "always_alpha_0.5")
 METRICS = tuple(f"{m}@{k}" for m in ("NDCG", "HR") for k in KS)
 
 
@@ -32,6 +32,7 @@ class RequestRateConfig:
     families: tuple[str, ...] = FAMILIES  # policy curves to sweep
     measures: tuple[str, ...] = ("rank_diff", "kendall", "topk", "rbo")  # consistency curves
     fusion: str = "lsc4rec"  # the device's fusion (device.fusion.FUSIONS)
+    alphas: tuple[float, ...] = ()  # lsc4rec fusion: choose α among these on validation (() = 0.5)
     seed: int = 0  # policies' random streams, calibration ties and bootstrap draws
     bootstrap_draws: int = 1000  # user resamples per interval
     confidence: float = 0.95  # coverage of the intervals
@@ -43,6 +44,9 @@ class RequestRateConfig:
         object.__setattr__(self, "target_rates", tuple(float(r) for r in self.target_rates))
         object.__setattr__(self, "families", tuple(self.families))
         object.__setattr__(self, "measures", tuple(self.measures))
+        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        if self.alphas and (self.fusion != "lsc4rec" or not all(0 <= a <= 1 for a in self.alphas)):
+            raise ValueError("alphas need the lsc4rec fusion and values in [0, 1]")
         if not self.target_rates or not all(0.0 <= r <= 1.0 for r in self.target_rates):
             raise ValueError(f"target_rates must be in [0, 1], got {self.target_rates}")
         for family in self.families:

@@ -13,7 +13,12 @@ from simulations.replay import (
     ReplayResult,
 )
 from simulations.request_rate.config import RequestRateConfig
-from simulations.request_rate.points import PolicyPoint, build_points, reference_points
+from simulations.request_rate.points import (
+    PolicyPoint,
+    build_points,
+    choose_fusion,
+    reference_points,
+)
 from simulations.request_rate.statistics import (
     bootstrap_indices,
     goal_check,
@@ -51,8 +56,11 @@ def run_request_rate(
     """
 
     config = RequestRateConfig() if config is None else config
-    points, notes = build_points(valid, test.window, config, progress)
-    points += reference_points(config)
+    fusion, fusion_notes = choose_fusion(valid, config)
+    points, notes = build_points(valid, test.window, config, progress, fusion)
+    points += reference_points(config, fusion)
+    if fusion_notes:
+        notes["fusion"] = fusion_notes
     indices = bootstrap_indices(test.num_users, config.bootstrap_draws, config.seed)
     rows, results = [], []
     for point in progress_bar(points, desc="replaying policies", enabled=progress):
@@ -75,6 +83,7 @@ def reference_gaps(
     """
     user_ndcg = {p.family: r.user_metrics()["NDCG@10"] for p, r in zip(points, results)}
     pairs = (("always", "never"), ("always", "llm_only"), ("always", "srm_only"))
+    pairs += (("always", "always_alpha_0.5"),)
     return {
         f"{a}-{b}": list(paired_difference(user_ndcg[a], user_ndcg[b], indices, confidence))
         for a, b in pairs

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from device.fusion import Fusion, LLMOnlyFusion, build_fusion
+from device.fusion import Fusion, LLMOnlyFusion, RankSigmoidFusion, build_fusion
 from device.policies import (
     AlwaysPolicy,
     ConsistencyPolicy,
@@ -67,8 +67,29 @@ def _calibrated_points(
     return points
 
 
+def always_ndcg10(valid: ReplayData, fusion: Fusion) -> float:
+    """NDCG@10 on the validation stream when the device requests at every step."""
+    ranks = valid.fused_ranks(fusion)  # [U, T, T]: list held j at step t
+    steps = np.arange(valid.window)
+    return float(ndcg(ranks[:, steps, steps], 10).mean())
+
+
+def choose_fusion(valid: ReplayData, config: RequestRateConfig) -> tuple[Fusion, dict[str, Any]]:
+    """The device's fusion: with `config.alphas`, LSC4Rec's fusion with the α whose
+    always-request NDCG@10 on the validation stream is best (ties: the one nearest 0.5)."""
+    if not config.alphas:
+        return build_fusion(config.fusion), {}
+    scores = {a: always_ndcg10(valid, RankSigmoidFusion(alpha=a)) for a in config.alphas}
+    best = max(scores, key=lambda a: (scores[a], -abs(a - 0.5)))
+    return RankSigmoidFusion(alpha=best), {"alpha": best, "valid_ndcg10_by_alpha": scores}
+
+
 def build_points(
-    valid: ReplayData, window: int, config: RequestRateConfig, progress: bool = False
+    valid: ReplayData,
+    window: int,
+    config: RequestRateConfig,
+    progress: bool = False,
+    fusion: Fusion | None = None,
 ) -> tuple[list[PolicyPoint], dict[str, Any]]:
     """Every policy point of the sweep (calibrated on `valid`) and calibration notes.
 
@@ -77,8 +98,9 @@ def build_points(
         window: `T` of the test stream (sets the periodic knobs).
         config: the sweep.
         progress: print what is being calibrated.
+        fusion: the device's fusion (default: `config.fusion` as named).
     """
-    fusion = build_fusion(config.fusion)
+    fusion = build_fusion(config.fusion) if fusion is None else fusion
     seed = config.seed
     points: list[PolicyPoint] = []
     notes: dict[str, Any] = {}
@@ -105,15 +127,20 @@ def build_points(
     return points, notes
 
 
-def reference_points(config: RequestRateConfig) -> list[PolicyPoint]:
-    """never, always (fused), LLM-only at always, SRM-only without cloud."""
-    fusion = build_fusion(config.fusion)
-    return [
+def reference_points(config: RequestRateConfig, fusion: Fusion | None = None) -> list[PolicyPoint]:
+    """never, always (fused), LLM-only at always, SRM-only without cloud; with a chosen α,
+    also always with LSC4Rec's α = 0.5."""
+    fusion = build_fusion(config.fusion) if fusion is None else fusion
+    points = [
         PolicyPoint("never", NeverPolicy(seed=config.seed), fusion),
         PolicyPoint("always", AlwaysPolicy(seed=config.seed), fusion),
         PolicyPoint("llm_only", AlwaysPolicy(seed=config.seed), LLMOnlyFusion()),
         PolicyPoint("srm_only", None),
     ]
+    if config.alphas:
+        lsc4rec = RankSigmoidFusion(alpha=0.5)
+        points.append(PolicyPoint("always_alpha_0.5", AlwaysPolicy(seed=config.seed), lsc4rec))
+    return points
 
 
 def _say(progress: bool, message: str) -> None:

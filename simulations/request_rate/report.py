@@ -74,7 +74,8 @@ def goal_markdown(goal: list[dict[str, Any]], ratio: float) -> str:
 def gaps_markdown(gaps: dict[str, list[float]]) -> str:
     """The reference gaps as lines `always − never: +0.0123 [+0.0100, +0.0150]`."""
     lines = [
-        f"- NDCG@10 {name.replace('-', ' − ')}: {m:+.4f} [{lo:+.4f}, {hi:+.4f}] (paired, users)"
+        f"- NDCG@10 {name.replace('-', ' − ').replace('_alpha_', ' α=')}: "
+        f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}] (paired, users)"
         for name, (m, lo, hi) in gaps.items()
     ]
     return "\n".join(lines) + "\n"

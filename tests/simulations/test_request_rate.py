@@ -233,3 +233,24 @@ def test_cli_errors_are_one_line(saved_models, tmp_path, capsys):
     assert "unknown policy 'greedy'" in err and len(err.splitlines()) == 1
     assert main(cli_args(saved_models, "--srm", str(saved_models / "llm"))) == 2
     assert "not a model folder" in capsys.readouterr().err
+
+
+def test_alpha_chosen_on_validation_keeps_lsc4rec_as_a_reference(streams):
+    from device.fusion import RankSigmoidFusion
+    from simulations.request_rate import always_ndcg10, choose_fusion
+
+    valid, test = streams
+    alphas = (0.0, 0.5, 1.0)
+    config = RequestRateConfig(
+        target_rates=(0.3,), families=("random",), alphas=alphas, bootstrap_draws=50
+    )
+    fusion, notes = choose_fusion(valid, config)
+    scores = {a: always_ndcg10(valid, RankSigmoidFusion(alpha=a)) for a in alphas}
+    assert notes["valid_ndcg10_by_alpha"] == scores
+    assert fusion.alpha == notes["alpha"] and scores[fusion.alpha] == max(scores.values())
+    experiment = run_request_rate(test, valid, config)
+    labels = [row["policy"] for row in experiment.rows]
+    assert labels[-5:] == ["never", "always", "llm_only", "srm_only", "always_alpha_0.5"]
+    assert "always-always_alpha_0.5" in experiment.notes["reference_gaps"]
+    with pytest.raises(ValueError, match="alphas need the lsc4rec fusion"):
+        RequestRateConfig(fusion="rrf", alphas=(0.5,))
