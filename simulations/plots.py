@@ -10,6 +10,7 @@ REFERENCE_STYLES = {  # reference name -> (line style, colour)
     "always": ("-", "black"),
     "llm_only": (":", "tab:brown"),
     "srm_only": ("-.", "tab:olive"),
+    "always_alpha_0.5": ("-", "tab:pink"),
 }
 
 
@@ -20,7 +21,8 @@ def plot_request_rate(
     title: str = "",
 ) -> Path:
     """A metric against the achieved request rate: one curve per policy family with its
-    bootstrap interval as error bars, and a horizontal line per reference point.
+    bootstrap interval as error bars, and a horizontal line per reference point; beside it,
+    each curve's share of the always − never gap, `(metric − never) / (always − never)`.
 
     Args:
         rows: `simulations.request_rate.point_row` dicts (keys policy, request_rate, metric,
@@ -36,8 +38,11 @@ def plot_request_rate(
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, (ax, share_ax) = plt.subplots(
+        1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]}
+    )
     curves: dict[str, list[dict[str, Any]]] = {}
+    refs = {row["policy"]: row[metric] for row in rows if row["policy"] in REFERENCE_STYLES}
     for row in rows:
         if row["policy"] in REFERENCE_STYLES:
             style, colour = REFERENCE_STYLES[row["policy"]]
@@ -66,6 +71,18 @@ def plot_request_rate(
             alpha=0.9,
             label=family,
         )
+        if "never" in refs and "always" in refs and refs["always"] != refs["never"]:
+            gap = refs["always"] - refs["never"]
+            share = [(v - refs["never"]) / gap for v in y]
+            share_ax.plot(x, share, marker="o", markersize=4, linewidth=1.4, label=family)
+    share_ax.axhline(1.0, color="black", linewidth=1.0, label="always")
+    share_ax.axhline(0.0, color="tab:gray", linestyle="--", linewidth=1.0, label="never")
+    share_ax.set_xlabel("request rate (requests / steps)")
+    share_ax.set_ylabel("share of the always − never gap")
+    share_ax.set_xlim(-0.02, 1.02)
+    share_ax.grid(alpha=0.3)
+    share_ax.set_title("gap recovered")
+    share_ax.legend(fontsize=7, loc="lower right")
     ax.set_xlabel("request rate (requests / steps)")
     ax.set_ylabel(metric)
     ax.set_xlim(-0.02, 1.02)

@@ -62,6 +62,7 @@ from simulations.request_rate.report import (
     gaps_markdown,
     goal_markdown,
     markdown_table,
+    plain_name,
     write_outputs,
 )
 from simulations.request_rate.states import (
@@ -74,6 +75,7 @@ from simulations.request_rate.states import (
 from simulations.request_rate.statistics import (
     bootstrap_indices,
     bootstrap_interval,
+    gap_share,
     goal_check,
     paired_difference,
     point_row,
@@ -81,6 +83,8 @@ from simulations.request_rate.statistics import (
 )
 
 __all__ = [
+    "gap_share",
+    "plain_name",
     "always_ndcg10",
     "choose_fusion",
     "CALIBRATED",

@@ -124,5 +124,39 @@ def goal_check(
             check[f"diff_vs_{name}"] = list(diff)
             check[f"beats_{name}"] = diff[1] > 0.0  # the paired interval excludes 0
             check[f"above_{name}_interval"] = check["best_NDCG@10"] > rows[other]["NDCG@10_hi"]
+        if "never" in ref:
+            check["gap_share"] = list(
+                gap_share(
+                    user_ndcg[best],
+                    user_ndcg[ref["never"]],
+                    user_ndcg[ref["always"]],
+                    indices,
+                    config.confidence,
+                )
+            )
         out.append(check)
     return out
+
+
+def gap_share(
+    policy: np.ndarray,
+    never: np.ndarray,
+    always: np.ndarray,
+    indices: np.ndarray,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """The share of the always − never gap a policy recovers, `(p − never) / (always − never)`
+    over users' means, with a percentile bootstrap interval (the same user resamples for the
+    numerator and the denominator; resamples whose gap is exactly 0 are left out). NaN when
+    there is no gap."""
+    policy, never, always = (np.asarray(v, dtype=np.float64) for v in (policy, never, always))
+    gain, gap = policy - never, always - never  # [U]
+    share = float(gain.mean() / gap.mean()) if gap.mean() != 0.0 else float("nan")
+    gaps = gap[indices].mean(axis=1)  # [B]
+    usable = gaps != 0.0  # a resample without any gap has no share: left out
+    if not usable.any():
+        return share, float("nan"), float("nan")
+    draws = gain[indices][usable].mean(axis=1) / gaps[usable]
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(draws, [tail, 100.0 - tail])
+    return share, float(low), float(high)

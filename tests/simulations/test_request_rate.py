@@ -254,3 +254,16 @@ def test_alpha_chosen_on_validation_keeps_lsc4rec_as_a_reference(streams):
     assert "always-always_alpha_0.5" in experiment.notes["reference_gaps"]
     with pytest.raises(ValueError, match="alphas need the lsc4rec fusion"):
         RequestRateConfig(fusion="rrf", alphas=(0.5,))
+
+
+def test_gap_share_is_the_ratio_of_paired_means():
+    from simulations.request_rate import gap_share
+
+    never = np.array([0.0, 0.1, 0.2, 0.1])
+    always = never + np.array([0.4, 0.2, 0.2, 0.2])
+    policy = never + np.array([0.2, 0.1, 0.1, 0.1])  # half of every user's gap
+    share, low, high = gap_share(policy, never, always, bootstrap_indices(4, 200, seed=0))
+    assert share == pytest.approx(0.5) and low == pytest.approx(0.5) and high == pytest.approx(0.5)
+    uneven = never + np.array([0.4, 0.0, 0.0, 0.0])
+    share, low, high = gap_share(uneven, never, always, bootstrap_indices(4, 200, seed=0))
+    assert share == pytest.approx(0.4 / 1.0) and low < share < high
