@@ -145,23 +145,35 @@ class ItemLanguageModel(SequentialRecommender):
     def item_features(self, items: torch.Tensor) -> torch.Tensor:
         return self.all_item_features()[items]
 
-    def encode_positions(self, history: torch.Tensor) -> torch.Tensor:
-        """`[B, L]` right-padded ids -> `[B, L, D]` decoder states (causal: row t reads 0..t)."""
-        inputs = self.input_dropout(self.all_item_features()[history])  # [B, L, D]
+    def encode_positions(
+        self, history: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`[B, L]` right-padded ids -> `[B, L, D]` decoder states (causal: row t reads 0..t).
+
+        `features`: `all_item_features()` when the caller already has them (computed once).
+        """
+        features = self.all_item_features() if features is None else features
+        inputs = self.input_dropout(features[history])  # [B, L, D]
         mask = (history != 0).long()
         return self.lm.model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
 
-    def encode(self, history: torch.Tensor) -> torch.Tensor:
+    def encode(self, history: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """`[B, L_in]` ids (0 = padding anywhere) -> `[B, D]` state after the last click."""
         compact, lengths = compact_history(history, self.config.max_len)
-        return gather_last(self.encode_positions(compact), lengths)
+        return gather_last(self.encode_positions(compact, features), lengths)
 
     def score(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        state = self.encode(history)  # [B, D]
-        return (self.item_features(items) @ state.unsqueeze(-1)).squeeze(-1)  # [B, C]
+        features = self.all_item_features()
+        state = self.encode(history, features)  # [B, D]
+        return (features[items] @ state.unsqueeze(-1)).squeeze(-1)  # [B, C]
 
     def score_all(self, history: torch.Tensor) -> torch.Tensor:
-        return self.encode(history) @ self.all_item_features().t()  # [B, D] @ [D, N]
+        features = self.all_item_features()  # once: the input and the output embedding
+        return self.encode(history, features) @ features.t()  # [B, D] @ [D, N]
+
+    def score_positions_all(self, history: torch.Tensor) -> torch.Tensor:
+        features = self.all_item_features()
+        return self.encode_positions(history, features) @ features.t()  # [B, L, D] @ [D, N]
 
 
 def attribute_vocabulary(
