@@ -49,16 +49,41 @@ def _csv(kind: type):
 
 # = simulations.request_rate.FAMILIES, spelled out so `--help` need not import torch
 FAMILIES = ("random", "periodic", "consistency", "learned")
+# LSC4Rec's consistency measures and the device's surprise at the clicks since the fetch
+MEASURES = (
+    "rank_diff",
+    "kendall",
+    "topk",
+    "rbo",
+    "drift_mean",
+    "inner_loss_mean",
+    "last_click_position",
+)
+ALPHAS = tuple(i / 10 for i in range(11))
+
+
+def _alpha(text: str) -> str | float:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"alpha must be in [0, 1], got {value}")
+    return value
 
 
 def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sweep")
     group.add_argument("--fusion", default="lsc4rec", help="device fusion (default lsc4rec)")
     group.add_argument(
-        "--tune-alpha",
-        action="store_true",
-        help="choose the lsc4rec fusion's α in 0, 0.1, …, 1 on the validation stream "
-        "(always-request NDCG@10); α = 0.5 stays as a reference row",
+        "--alpha",
+        type=_alpha,
+        default="auto",
+        help="the lsc4rec fusion's α: 'auto' (default) chooses it in 0, 0.1, …, 1 by "
+        "always-request NDCG@10 on the validation stream and keeps LSC4Rec's α = 0.5 as a "
+        "reference row; a number fixes it",
     )
     group.add_argument(
         "--rates", type=_csv(float), default=(0.05, 0.1, 0.2, 0.3, 0.5, 0.8), help="target rates"
@@ -72,10 +97,19 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--measures",
         type=_csv(str),
-        default=("rank_diff", "kendall", "topk", "rbo"),
-        help="consistency measures",
+        default=MEASURES,
+        help="request measures, each a threshold curve: consistency (rank_diff, kendall, "
+        "topk, rbo) or surprise (surprisal, catalogue_rank, list_rank, drift, inner_loss, "
+        "last_click_position, each also as NAME_mean since the fetch) "
+        f"(default: {','.join(MEASURES)})",
     )
     group.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws over users")
+    group.add_argument(
+        "--auc-bootstrap",
+        type=int,
+        default=200,
+        help="bootstrap draws of the measure-AUC table (0 = no table)",
+    )
     group.add_argument("--seed", type=int, default=0, help="policies, calibration, bootstrap")
 
 
@@ -136,11 +170,21 @@ def _build_configs(args: argparse.Namespace):
         families=args.policies,
         measures=args.measures,
         fusion=args.fusion,
-        alphas=tuple(i / 10 for i in range(11)) if args.tune_alpha else (),
+        alphas=_alphas(args),
         seed=args.seed,
         bootstrap_draws=args.bootstrap,
+        auc_draws=args.auc_bootstrap,
     )
     return config, ReplayConfig(args.candidates, args.request_history, args.batch_size)
+
+
+def _alphas(args: argparse.Namespace) -> tuple[float, ...]:
+    """The α candidates: all of ALPHAS for 'auto', the one given, none for other fusions."""
+    if args.fusion != "lsc4rec":
+        if args.alpha != "auto":
+            raise ValueError(f"--alpha applies to the lsc4rec fusion, not {args.fusion!r}")
+        return ()
+    return ALPHAS if args.alpha == "auto" else (args.alpha,)
 
 
 def run_request_rate(args: argparse.Namespace) -> int:
@@ -170,7 +214,9 @@ def run_request_rate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     prepared = time.perf_counter()
-    experiment = run_request_rate(test, valid, config, progress=not args.no_progress)
+    experiment = run_request_rate(
+        test, valid, config, progress=not args.no_progress, topics=dataset.latent_topics
+    )
     meta = {
         "dataset": label,
         "generator": generator.model_version,

@@ -36,10 +36,15 @@ class ConsistencyMeasure:
     """Base of the measures: `__call__(srm_logits, valid) -> [U]` disagreement scores."""
 
     name: ClassVar[str] = ""
+    kind: ClassVar[str] = "consistency"
 
     def __call__(self, srm_logits: Any, valid: Any) -> np.ndarray:
         r_llm, r_srm, n = list_ranks(srm_logits, as_batch(valid, bool))
         return self.score(r_llm, r_srm, n)
+
+    def observe(self, obs: Any) -> float:
+        """The score of one `PolicyObservation` (its cached list and SRM logits)."""
+        return float(self(obs.srm_logits, obs.valid)[0])
 
     def score(self, r_llm: np.ndarray, r_srm: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Disagreement from `[U, N]` ranks (invalid slots ranked `N`) and `[U]` valid counts."""

@@ -1,8 +1,9 @@
 """Export TTT4Rec's per-click step and candidate scorer as loop-free ONNX graphs.
 
-The step graph takes the carried state as explicit inputs and returns the new state, so a
-runtime needs nothing but the graph and the state bytes; the mini-batch commit is a `Where`
-on `pos == M − 1`, never control flow. The scorer reads item features from a table
+The step graph takes the carried state as explicit inputs and returns the new state and
+the click's surprise (`device.models.surprise`), so a runtime needs nothing but the graph
+and the state bytes; the mini-batch commit is a `Where` on `pos == M − 1`, never control
+flow. The scorer reads item features from a table
 precomputed at export time (embedding → MLP for every item), so a rerank is one gather and
 one batched dot product.
 
@@ -29,6 +30,7 @@ ITEMS_INPUT = "items"
 FEATURES_INPUT = "features"
 CANDIDATES_INPUT = "candidates"
 SCORES_OUTPUT = "scores"
+SURPRISE_OUTPUT = "surprise"  # [B, 5] in SURPRISE_COLUMNS order
 INIT_STATE_KEY = "lsc4rec.init_state"  # base64 of a one-user TTT4RecState.to_bytes()
 CONFIG_KEY = "lsc4rec.config"  # the model config as JSON
 FORBIDDEN_OPS = frozenset({"Loop", "Scan", "If", "SequenceMap"})
@@ -40,11 +42,13 @@ def state_output_names() -> tuple[str, ...]:
 
 
 class _StepGraph(nn.Module):
-    """`(state tensors…, items [B]) -> new state tensors`; `feature_out` is `F_s`."""
+    """`(state tensors…, items [B]) -> (new state tensors…, surprise [B, 5])`;
+    `feature_out` is `F_s`. The item-feature table for the surprise is a constant."""
 
     def __init__(self, model: TTT4Rec) -> None:
         super().__init__()
         self.model = model
+        self.register_buffer("table", model.all_item_features())  # [I, D]
 
     def forward(
         self,
@@ -54,11 +58,12 @@ class _StepGraph(nn.Module):
         grad_bias: torch.Tensor,
         pos: torch.Tensor,
         feature: torch.Tensor,
+        recent: torch.Tensor,
         items: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
-        state = TTT4RecState(weight, bias, grad_weight, grad_bias, pos, feature)
-        new_state, _ = self.model.step(state, items)
-        return new_state.tensors()
+        state = TTT4RecState(weight, bias, grad_weight, grad_bias, pos, feature, recent)
+        new_state, _, surprise = self.model.step_with_surprise(state, items, self.table)
+        return (*new_state.tensors(), surprise)
 
 
 class _ScorerGraph(nn.Module):
@@ -117,9 +122,9 @@ def _check_loop_free(path: Path) -> onnx.ModelProto:
 def export_step(model: TTT4Rec, path: str | Path) -> Path:
     """Write the one-click step graph; the model's initial state and config go in metadata.
 
-    Inputs: `weight, bias, grad_weight, grad_bias, pos, feature` (a `TTT4RecState`, batch
-    dimension `batch` dynamic) and `items [B]` int64. Outputs: the same tensors suffixed
-    `_out`; `feature_out` is `F_s`.
+    Inputs: `weight, bias, grad_weight, grad_bias, pos, feature, recent` (a `TTT4RecState`,
+    batch dimension `batch` dynamic) and `items [B]` int64. Outputs: the same tensors
+    suffixed `_out` (`feature_out` is `F_s`), then `surprise [B, 5]`.
 
     Args:
         model: the TTT4Rec to export (exported in eval mode, float32).
@@ -138,9 +143,10 @@ def export_step(model: TTT4Rec, path: str | Path) -> Path:
     names = [*TTT4RecState.names(), ITEMS_INPUT]
     batch = torch.export.Dim("batch")
     dynamic = {name: {0: batch} for name in names}
+    outputs = [*state_output_names(), SURPRISE_OUTPUT]
     with torch.no_grad():
         args = (*state.tensors(), items)
-        _export(_StepGraph(model), args, path, names, list(state_output_names()), dynamic)
+        _export(_StepGraph(model), args, path, names, outputs, dynamic)
     graph = _check_loop_free(path)
     init_bytes = model.init_state(1).to_bytes()
     metadata = {

@@ -28,6 +28,7 @@ from device.onnx_export import (
     INIT_STATE_KEY,
     ITEMS_INPUT,
     SCORES_OUTPUT,
+    SURPRISE_OUTPUT,
     state_output_names,
 )
 
@@ -84,7 +85,7 @@ class OnnxTTT4Rec:
         self.config: dict[str, Any] = json.loads(metadata.get(CONFIG_KEY, "{}"))
         self._state_names = TTT4RecState.names()
         self._dtypes = [np.int64 if name == "pos" else np.float32 for name in self._state_names]
-        self._output_names = list(state_output_names())
+        self._output_names = [*state_output_names(), SURPRISE_OUTPUT]
 
     def init_state(self, batch_size: int = 1) -> TTT4RecState:
         """Fresh state for `batch_size` users with no clicks yet."""
@@ -101,14 +102,21 @@ class OnnxTTT4Rec:
         Returns:
             `(state, F_s)` with `F_s` a `[B, D]` float32 tensor.
         """
+        new_state, features, _ = self.step_with_surprise(state, items)
+        return new_state, features
+
+    def step_with_surprise(
+        self, state: TTT4RecState, items: torch.Tensor | np.ndarray
+    ) -> tuple[TTT4RecState, torch.Tensor, torch.Tensor]:
+        """`step`, plus the `[B, 5]` surprise of each click (one graph run computes both)."""
         feeds = {
             name: _as_numpy(tensor, dtype)
             for name, dtype, tensor in zip(self._state_names, self._dtypes, state.tensors())
         }
         feeds[ITEMS_INPUT] = _as_numpy(items, np.int64)
-        outputs = self.step_session.run(self._output_names, feeds)
+        *outputs, surprise = self.step_session.run(self._output_names, feeds)
         new_state = TTT4RecState(*(torch.from_numpy(array) for array in outputs))
-        return new_state, new_state.feature
+        return new_state, new_state.feature, torch.from_numpy(surprise)
 
     def score_features(
         self, features: torch.Tensor | np.ndarray, items: torch.Tensor | np.ndarray

@@ -35,10 +35,13 @@ import numpy as np
 import torch
 
 from device.fusion import Fusion, RankSigmoidFusion, rerank
+from device.models.surprise import catalogue_surprise, feature_drift
 from device.policies import AlwaysPolicy, PolicyObservation, RequestPolicy
+from device.policies.surprise import CLICK_COLUMNS, click_row, list_columns
 from shared.candidates import CandidateList
 
 FetchFn = Callable[[np.ndarray], Any]  # -> CandidateList | a FetchResult-like | None
+DRIFT_WINDOW = 4  # models without a carried state: clicks the drift is measured against
 
 
 class FetchError(RuntimeError):
@@ -78,6 +81,10 @@ class SRMRunner(Protocol):
     def step(self, state: Any, item: int) -> Any:
         """The state after one more click `item`."""
 
+    def step_with_surprise(self, state: Any, history: np.ndarray, item: int) -> tuple[Any, Any]:
+        """`step`, plus the click's `[5]` surprise (`SURPRISE_COLUMNS`) before it was taken
+        in; `history` is the clicks before `item`."""
+
     def score_items(self, state: Any, history: np.ndarray, items: np.ndarray) -> np.ndarray:
         """`[C]` logits of `items` given the state (or, for stateless models, the history)."""
 
@@ -101,6 +108,7 @@ class StatefulRunner:
             model.eval()  # no dropout on the device
         self.model = model
         self.num_items = catalogue_size(model)
+        self._table: torch.Tensor | None = None  # torch models: F_t of every item, once
 
     def init_state(self) -> tuple[Any, torch.Tensor]:
         state = self.model.init_state(1)
@@ -110,6 +118,21 @@ class StatefulRunner:
     def step(self, state: tuple[Any, torch.Tensor], item: int) -> tuple[Any, torch.Tensor]:
         new_state, features = self.model.step(state[0], torch.tensor([item], dtype=torch.long))
         return new_state, features
+
+    @torch.no_grad()
+    def step_with_surprise(
+        self, state: tuple[Any, torch.Tensor], history: np.ndarray, item: int
+    ) -> tuple[tuple[Any, torch.Tensor], np.ndarray]:
+        items = torch.tensor([item], dtype=torch.long)
+        if isinstance(self.model, torch.nn.Module):
+            if self._table is None:  # the device model is frozen: tabulate F_t once
+                self._table = self.model.all_item_features()
+            new_state, features, surprise = self.model.step_with_surprise(
+                state[0], items, self._table
+            )
+        else:  # the onnxruntime twin carries its table inside the step graph
+            new_state, features, surprise = self.model.step_with_surprise(state[0], items)
+        return (new_state, features), surprise[0].detach().cpu().numpy().astype(np.float64)
 
     @torch.no_grad()
     def score_items(
@@ -133,12 +156,33 @@ class HistoryRunner:
         self.model = model
         self.max_len = max_len or getattr(getattr(model, "config", None), "max_len", None)
         self.num_items = catalogue_size(model)
+        self.drift_window = getattr(model.config, "drift_window", DRIFT_WINDOW)
+        self._table: torch.Tensor | None = None  # F_t of every item, for the drift
 
     def init_state(self) -> None:
         return None
 
     def step(self, state: None, item: int) -> None:
         return None
+
+    @torch.no_grad()
+    def step_with_surprise(self, state: None, history: np.ndarray, item: int) -> tuple[None, Any]:
+        """Surprise from one scoring of the whole catalogue with the history before the click
+        (these models have no inner loss: its column is 0)."""
+        size = self.num_items
+        if not size:
+            raise ValueError("the model's config does not give its catalogue size (num_items)")
+        logits = self.score_items(None, history, np.arange(size + 1))  # [I]
+        logits[0] = 0.0  # padding; ignored by catalogue_surprise
+        logit, nll, rank = catalogue_surprise(
+            torch.as_tensor(logits)[None], torch.tensor([item], dtype=torch.long)
+        )
+        if self._table is None:
+            self._table = self.model.all_item_features().double()  # [I, D]
+        recent = np.asarray(history, dtype=np.int64)[-self.drift_window :]
+        drift = feature_drift(self._table[[item]], self._table[torch.as_tensor(recent)][None])
+        row = torch.cat([logit, nll, rank, drift, torch.zeros(1, dtype=logit.dtype)])
+        return None, row.numpy().astype(np.float64)
 
     @torch.no_grad()
     def score_items(self, state: None, history: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -199,6 +243,7 @@ class CachedList:
 
     candidates: CandidateList
     fetched_at: int  # session step when the list was stored
+    clicks_at_fetch: int = 0  # clicks in the history when the list was stored
 
     @property
     def items(self) -> np.ndarray:
@@ -288,6 +333,7 @@ class DeviceSession:
         self._history: list[int] = []
         self._state = runner.init_state()
         self._logits: np.ndarray | None = None  # SRM logits of the cached list, this step
+        self._surprise: list[np.ndarray] = []  # one CLICK_COLUMNS row per click
         self._backoff = self.config.backoff_steps
         self._retry_at = 0  # first step at which a request may be made again
         for item in history:
@@ -309,10 +355,37 @@ class DeviceSession:
         item = int(item)
         if item < 1:
             raise ValueError(f"clicked item ids are >= 1, got {item}")
+        before = self.history
+        held = None if self.cached is None else (self.cached.items, self.srm_logits())
         # History first: if the SRM step raised, the click would still be kept.
         self._history.append(item)
         self._logits = None
-        self._state = self.runner.step(self._state, item)
+        self._state, surprise = self.runner.step_with_surprise(self._state, before, item)
+        self._surprise.append(self._click_row(item, surprise, held, before))
+
+    def _click_row(
+        self,
+        item: int,
+        surprise: np.ndarray,
+        held: tuple[np.ndarray, np.ndarray] | None,
+        before: np.ndarray,
+    ) -> np.ndarray:
+        """The click's surprise row, with its rank and position in the list held at it."""
+        if held is None:
+            return click_row(surprise)
+        items, logits = held
+        valid = (items != 0) & ~np.isin(items, before)
+        part = list_columns([item], [surprise[0]], items[None], logits[None], valid[None])
+        return click_row(surprise, part[0])
+
+    def surprise_rows(self) -> np.ndarray:
+        """`[A, S]` rows of the clicks since the cached list was fetched (the last click's
+        alone when none came since, or while no list is held; empty before any click)."""
+        start = len(self._surprise) if self.cached is None else self.cached.clicks_at_fetch
+        rows = self._surprise[start:] or self._surprise[-1:]
+        if not rows:
+            return np.zeros((0, len(CLICK_COLUMNS)))
+        return np.stack(rows)
 
     def observe(self, click: int) -> None:
         """Record one click: the history grows and the SRM state takes its step.
@@ -348,6 +421,7 @@ class DeviceSession:
             llm_scores=self.cached.scores,
             srm_logits=self.srm_logits(),
             history=self.history,
+            surprise=self.surprise_rows(),
         )
 
     def recommend(self, k: int | None = None) -> np.ndarray:
@@ -386,7 +460,7 @@ class DeviceSession:
             raise TypeError(f"expected a CandidateList, got {type(candidates).__name__}")
         if len(candidates) == 0:
             raise ValueError("an empty candidate list cannot replace the cache")
-        self.cached = CachedList(candidates, fetched_at=self.step)
+        self.cached = CachedList(candidates, self.step, len(self._history))
         self._logits = None
 
     # ------------------------------------------------------------ requests

@@ -27,10 +27,16 @@ import torch
 from torch import nn
 
 from device.models.base import SequentialRecommender, SRMConfig, compact_history, gather_last
+from device.models.surprise import (
+    catalogue_surprise,
+    feature_drift,
+    push_recent,
+    stack_surprise,
+)
 from device.models.ttt_linear import RMSNorm, TTTBlock, TTTLinearConfig, TTTState
 
-_STATE_MAGIC = b"TTS1"
-_STATE_HEADER = struct.Struct("<4s5i")  # magic, B, N, H, F, D
+_STATE_MAGIC = b"TTS2"  # TTS2 added the recent target features (drift)
+_STATE_HEADER = struct.Struct("<4s6i")  # magic, B, N, H, F, D, R
 
 
 @dataclass
@@ -46,11 +52,14 @@ class TTT4RecConfig(SRMConfig):
     use_gate: bool = False  # gelu gate before the TTT output projection (Mamba variant)
     use_rope: bool = True  # RoPE on Q, K inside the mini-batch, as published
     intermediate_size: int = 128  # SwiGLU hidden width (2·D by default)
+    drift_window: int = 4  # R: last clicks whose mean F_t the drift of a new click is taken from
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        if self.drift_window < 1:
+            raise ValueError(f"drift_window must be >= 1, got {self.drift_window}")
         self.ttt_config()  # validates the TTT fields, raising ValueError on a bad one
 
     def ttt_config(self) -> TTTLinearConfig:
@@ -80,6 +89,8 @@ class TTT4RecState:
         grad_bias: `[B, N, H, F]` running Σ lr·G of the partly filled mini-batch.
         pos: `[B]` int64 clicks already in the current mini-batch (shared by all layers).
         feature: `[B, D]` `F_s` after the last valid click (zeros before any click).
+        recent: `[B, R, D]` target features `F_t` of the last R clicks, oldest first; rows
+            before the first click are zero (the drift of a click is taken from their mean).
     """
 
     weight: torch.Tensor
@@ -88,6 +99,7 @@ class TTT4RecState:
     grad_bias: torch.Tensor
     pos: torch.Tensor
     feature: torch.Tensor
+    recent: torch.Tensor
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -96,7 +108,15 @@ class TTT4RecState:
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensors in `names()` order."""
-        return (self.weight, self.bias, self.grad_weight, self.grad_bias, self.pos, self.feature)
+        return (
+            self.weight,
+            self.bias,
+            self.grad_weight,
+            self.grad_bias,
+            self.pos,
+            self.feature,
+            self.recent,
+        )
 
     @property
     def batch_size(self) -> int:
@@ -113,8 +133,10 @@ class TTT4RecState:
         )
 
     @classmethod
-    def from_layers(cls, layers: Sequence[TTTState], feature: torch.Tensor) -> TTT4RecState:
-        """Stack per-layer states (which share `pos`) and the feature into one state."""
+    def from_layers(
+        cls, layers: Sequence[TTTState], feature: torch.Tensor, recent: torch.Tensor
+    ) -> TTT4RecState:
+        """Stack per-layer states (which share `pos`), the feature and the recent `F_t`s."""
         return cls(
             weight=torch.stack([s.weight for s in layers], dim=1),
             bias=torch.stack([s.bias for s in layers], dim=1),
@@ -122,6 +144,7 @@ class TTT4RecState:
             grad_bias=torch.stack([s.grad_bias for s in layers], dim=1),
             pos=layers[0].pos,
             feature=feature,
+            recent=recent,
         )
 
     def select(self, index: torch.Tensor | Sequence[int] | slice) -> TTT4RecState:
@@ -140,8 +163,18 @@ class TTT4RecState:
     def to_bytes(self) -> bytes:
         """Serialise: a small header, then fp32 tensors and int32 `pos` (little-endian)."""
         batch, layers, heads, head_dim, _ = self.weight.shape
-        header = _STATE_HEADER.pack(_STATE_MAGIC, batch, layers, heads, head_dim, self.width)
-        floats = [self.weight, self.bias, self.grad_weight, self.grad_bias, self.feature]
+        recent = self.recent.shape[1]
+        header = _STATE_HEADER.pack(
+            _STATE_MAGIC, batch, layers, heads, head_dim, self.width, recent
+        )
+        floats = [
+            self.weight,
+            self.bias,
+            self.grad_weight,
+            self.grad_bias,
+            self.feature,
+            self.recent,
+        ]
         body = b"".join(_as_numpy(t, "<f4").tobytes() for t in floats)
         return header + body + _as_numpy(self.pos, "<i4").tobytes()
 
@@ -154,10 +187,11 @@ class TTT4RecState:
         """
         if len(data) < _STATE_HEADER.size:
             raise ValueError(f"state bytes too short: {len(data)} bytes")
-        magic, batch, layers, heads, head_dim, width = _STATE_HEADER.unpack_from(data)
+        magic = data[:4]
         if magic != _STATE_MAGIC:
-            raise ValueError(f"not a TTT4Rec state: magic {magic!r}")
-        shapes = _state_shapes(batch, layers, heads, head_dim, width)
+            raise ValueError(f"not a TTT4Rec state (or an older format): magic {magic!r}")
+        _, batch, layers, heads, head_dim, width, recent = _STATE_HEADER.unpack_from(data)
+        shapes = _state_shapes(batch, layers, heads, head_dim, width, recent)
         expected = _STATE_HEADER.size + 4 * sum(int(np.prod(s)) for s in shapes.values())
         if len(data) != expected:
             raise ValueError(f"state bytes have length {len(data)}, expected {expected}")
@@ -179,7 +213,7 @@ _STATE_NAMES = tuple(f.name for f in fields(TTT4RecState))
 
 
 def _state_shapes(
-    batch: int, layers: int, heads: int, head_dim: int, width: int
+    batch: int, layers: int, heads: int, head_dim: int, width: int, recent: int
 ) -> dict[str, tuple[int, ...]]:
     """Tensor shapes in serialisation order (floats first, then `pos`)."""
     return {
@@ -188,6 +222,7 @@ def _state_shapes(
         "grad_weight": (batch, layers, heads, head_dim, head_dim),
         "grad_bias": (batch, layers, heads, head_dim),
         "feature": (batch, width),
+        "recent": (batch, recent, width),
         "pos": (batch,),
     }
 
@@ -240,7 +275,19 @@ class TTT4Rec(SequentialRecommender):
         history, lengths = compact_history(history, self.config.max_len)  # [B, L], [B]
         h, layer_states = self._forward(history)  # [B, L, D]
         features = gather_last(h, lengths) * (lengths > 0)[:, None].to(h.dtype)  # [B, D]
-        return TTT4RecState.from_layers(layer_states, features), features
+        state = TTT4RecState.from_layers(layer_states, features, self._recent_of(history, lengths))
+        return state, features
+
+    def _recent_of(self, history: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """`[B, R, D]` F_t of the last R valid clicks of right-padded `history`, oldest first,
+        zero rows where a user has fewer clicks (what stepping them leaves)."""
+        window = self.config.drift_window
+        offsets = torch.arange(window, device=history.device) - window  # [R]: −R … −1
+        index = lengths[:, None] + offsets  # [B, R]
+        present = index >= 0
+        items = history.gather(1, index.clamp(min=0, max=history.size(1) - 1)) * present
+        features = self.item_features(items)  # [B, R, D]
+        return features * present[..., None].to(features.dtype)
 
     def _forward(self, history: torch.Tensor) -> tuple[torch.Tensor, list]:
         """Hidden states `[B, L, D]` after every click of right-padded `history`, and the
@@ -290,8 +337,10 @@ class TTT4Rec(SequentialRecommender):
         """Fresh state for `batch_size` users with no clicks yet."""
         layers = [block.ttt.init_state(batch_size) for block in self.blocks]
         weight = self.item_embedding.weight
-        feature = weight.new_zeros(batch_size, self.config.hidden_size)
-        return TTT4RecState.from_layers(layers, feature)
+        width = self.config.hidden_size
+        feature = weight.new_zeros(batch_size, width)
+        recent = weight.new_zeros(batch_size, self.config.drift_window, width)
+        return TTT4RecState.from_layers(layers, feature, recent)
 
     def step(self, state: TTT4RecState, items: torch.Tensor) -> tuple[TTT4RecState, torch.Tensor]:
         """Fold one click per user into the state; O(N·H·F²), independent of history length.
@@ -302,11 +351,43 @@ class TTT4Rec(SequentialRecommender):
         Returns:
             `(state, F_s)`: the new state and `[B, D]` features (equal to `state.feature`).
         """
+        new_state, features, _ = self._step(state, items, with_loss=False)
+        return new_state, features
+
+    def step_with_surprise(
+        self, state: TTT4RecState, items: torch.Tensor, item_table: torch.Tensor | None = None
+    ) -> tuple[TTT4RecState, torch.Tensor, torch.Tensor]:
+        """`step`, plus how unexpected each click was before it was folded in.
+
+        Args:
+            state: the users' carried state.
+            items: `[B]` clicked ids (>= 1; a 0 gives a meaningless surprise row).
+            item_table: `[I, D]` `F_t` of every item (`all_item_features()`), precomputed
+                by a caller that steps often; computed here if None.
+        Returns:
+            `(state, F_s, surprise)` with `surprise [B, 5]` in
+            `device.models.surprise.SURPRISE_COLUMNS` order.
+        """
+        table = self.all_item_features() if item_table is None else item_table  # [I, D]
+        logit, nll, rank = catalogue_surprise(state.feature @ table.t(), items)
+        drift = feature_drift(table[items], state.recent)
+        new_state, features, inner_loss = self._step(state, items, with_loss=True)
+        return new_state, features, stack_surprise(logit, nll, rank, drift, inner_loss)
+
+    def _step(
+        self, state: TTT4RecState, items: torch.Tensor, with_loss: bool
+    ) -> tuple[TTT4RecState, torch.Tensor, torch.Tensor | None]:
         mask = items != 0  # [B]
         h = self.embed_dropout(self.item_embedding(items))  # [B, D]
         layer_states = []
+        loss = None
         for index, block in enumerate(self.blocks):
-            h, layer_state = block.step(h, state.layer(index), mask)
+            if with_loss:
+                h, layer_state, layer_loss = block.step_with_loss(h, state.layer(index), mask)
+                loss = layer_loss if loss is None else loss + layer_loss
+            else:
+                h, layer_state = block.step(h, state.layer(index), mask)
             layer_states.append(layer_state)
         features = torch.where(mask[:, None], self.final_norm(h), state.feature)  # [B, D]
-        return TTT4RecState.from_layers(layer_states, features), features
+        recent = push_recent(state.recent, self.item_features(items), mask)
+        return TTT4RecState.from_layers(layer_states, features, recent), features, loss

@@ -447,10 +447,41 @@ class TTTLinear(nn.Module):
         Returns:
             `(y, state)`: `[B, D]` outputs and the new state.
         """
+        y, new_state, _ = self._step(x, state, mask, with_loss=False)
+        return y, new_state
+
+    def step_with_loss(
+        self, x: torch.Tensor, state: TTTState, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, TTTState, torch.Tensor]:
+        """`step`, plus `[B]` the token's inner loss under the current fast weights.
+
+        The current fast weights are the ones the previous token read, `W − τ_{pos−1}·ΣG`
+        (the committed `W` at a mini-batch boundary): how badly the layer's own
+        reconstruction task fits the new click before the click is learned from.
+        """
+        return self._step(x, state, mask, with_loss=True)
+
+    def current_inner_loss(
+        self, state: TTTState, xk: torch.Tensor, xv: torch.Tensor
+    ) -> torch.Tensor:
+        """`[B]` `½‖LN_h(XK·W_now + b_now) − (XV − XK)‖²` summed over heads and head width."""
+        previous = (state.pos - 1).clamp_min(0)  # [B]
+        tau = torch.where(state.pos > 0, self.tau()[previous], torch.zeros_like(previous))
+        tau = tau.to(xk.dtype)[:, None, None, None]  # [B, 1, 1, 1]
+        weight = state.weight - tau * state.grad_weight  # [B, H, F, F]
+        bias = (state.bias - tau[..., 0] * state.grad_bias).unsqueeze(-2)  # [B, H, 1, F]
+        z = xk @ weight + bias  # [B, H, 1, F]
+        fit = head_layer_norm(z, self.ttt_norm_weight, self.ttt_norm_bias, self.config.norm_eps)
+        return 0.5 * (fit - (xv - xk)).pow(2).sum(dim=(1, 2, 3))
+
+    def _step(
+        self, x: torch.Tensor, state: TTTState, mask: torch.Tensor, with_loss: bool
+    ) -> tuple[torch.Tensor, TTTState, torch.Tensor | None]:
         cfg = self.config
         rope = self.rope.to(x.dtype)[:, state.pos, None, None]  # [2, M, F] -> [2, B, 1, 1, F]
         cos, sin = rope[0], rope[1]
         xq, xk, xv, lr = self._qkv_lr(x.unsqueeze(1), cos, sin)  # [B, H, 1, F], lr [B, H, 1]
+        loss = self.current_inner_loss(state, xk, xv) if with_loss else None
         tau = self.tau()[state.pos]  # [B]
         weight_bar, bias_bar, grad_w, grad_b = inner_update(
             state, xk, xv, lr[..., 0], tau, self.ttt_norm_weight, self.ttt_norm_bias, cfg.norm_eps
@@ -460,7 +491,7 @@ class TTTLinear(nn.Module):
         new_state = commit_step(
             state, weight_bar, bias_bar[:, :, 0], grad_w, grad_b[:, :, 0], cfg.mini_batch_size
         )
-        return y, select_state(mask, new_state, state)
+        return y, select_state(mask, new_state, state), loss
 
 
 def close_minibatch(
@@ -575,3 +606,11 @@ class TTTBlock(nn.Module):
         y, state = self.ttt.step(self.seq_norm(h), state, mask)
         h = h + self.dropout(y)
         return h + self.dropout(self.mlp(self.ffn_norm(h))), state
+
+    def step_with_loss(
+        self, h: torch.Tensor, state: TTTState, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, TTTState, torch.Tensor]:
+        """`step`, plus the TTT layer's `[B]` inner loss of the token before it is learned."""
+        y, state, loss = self.ttt.step_with_loss(self.seq_norm(h), state, mask)
+        h = h + self.dropout(y)
+        return h + self.dropout(self.mlp(self.ffn_norm(h))), state, loss

@@ -10,6 +10,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from device.policies.surprise import empty_rows
+
 
 @dataclass(frozen=True)
 class PolicyObservation:
@@ -22,6 +24,9 @@ class PolicyObservation:
         llm_scores: `[N]` their LLM log-probabilities.
         srm_logits: `[N]` the SRM's logits for them, from the up-to-date history.
         history: `[H]` the user's clicks so far, oldest first.
+        surprise: `[A, S]` rows (`device.policies.surprise.CLICK_COLUMNS`) of the clicks
+            since the cached list was fetched, oldest first; the last click's alone when
+            none came since. Empty when the device reports no surprise.
     """
 
     step: int
@@ -30,6 +35,7 @@ class PolicyObservation:
     llm_scores: np.ndarray
     srm_logits: np.ndarray
     history: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    surprise: np.ndarray = field(default_factory=empty_rows)
 
     def __post_init__(self) -> None:
         if self.step < 0 or self.steps_since_request < 0:

@@ -18,10 +18,11 @@ from device.consistency import (
 from device.fusion import as_batch, list_ranks, sigmoid
 from device.policies.base import PolicyObservation, RequestPolicy
 from device.policies.calibration import ThresholdRule, calibrate_rule
+from device.policies.surprise import CLICK_COLUMNS, SurpriseMeasure, observation_rows
 
 # ---------------------------------------------------------------- the learned policy
 
-FEATURE_NAMES: tuple[str, ...] = (
+BASE_FEATURES: tuple[str, ...] = (
     "rank_diff",  # LSC4Rec's mean |Δrank| with its missing-slot penalty
     "kendall",  # (1 − τ) / 2
     "topk",  # 1 − top-k overlap
@@ -32,6 +33,21 @@ FEATURE_NAMES: tuple[str, ...] = (
     "recent_overlap",  # share of the last K clicks that are items of the cached list
     "valid_fraction",  # valid slots / list width: how much of the list is left
 )
+# The device's surprise at the last click and its mean since the fetch (policies.surprise).
+# The SRM's own surprisal (surprisal, catalogue_rank, list_rank) is left out by default: the
+# validation stream the policy trains on is made of clicks the SRM trained on, where it is
+# far lower than on new clicks (measured: catalogue rank 0.02 there vs 0.14 on the test
+# stream), so a policy fitted on it requests far more often than calibrated. Drift, inner
+# loss and the click's place in the list do not depend on having trained on the click.
+DEFAULT_SURPRISE_FEATURES: tuple[str, ...] = (
+    "drift",
+    "drift_mean",
+    "inner_loss",
+    "inner_loss_mean",
+    "last_click_position",
+    "last_click_position_mean",
+)
+FEATURE_NAMES: tuple[str, ...] = (*BASE_FEATURES, *DEFAULT_SURPRISE_FEATURES)  # the default
 
 
 @dataclass(frozen=True)
@@ -41,12 +57,21 @@ class FeatureConfig:
     recent_k: int = 5  # K: clicks looked back on for the overlap with the list
     top_k: int = 10  # depth of the top-k overlap measure (the shown list)
     rbo_p: float = 0.9  # persistence of the RBO measure
+    surprise: tuple[str, ...] = DEFAULT_SURPRISE_FEATURES  # surprise measures used as features
 
     def __post_init__(self) -> None:
         if self.recent_k < 1:
             raise ValueError(f"recent_k must be >= 1, got {self.recent_k}")
         TopKDisagreement(self.top_k)  # validates top_k
         RBODisagreement(self.rbo_p)  # validates rbo_p
+        object.__setattr__(self, "surprise", tuple(self.surprise))
+        for name in self.surprise:
+            SurpriseMeasure(name)  # validates the name
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The feature columns, in order."""
+        return (*BASE_FEATURES, *self.surprise)
 
     def measures(self) -> dict[str, ConsistencyMeasure]:
         return {
@@ -76,8 +101,9 @@ def request_features(
     recent: Any,
     list_age: Any,
     config: FeatureConfig | None = None,
+    surprise: tuple[Any, Any] | None = None,
 ) -> np.ndarray:
-    """The learned policy's `[U, F]` features (columns in `FEATURE_NAMES` order).
+    """The learned policy's `[U, F]` features (columns in `config.names` order).
 
     Args:
         items: `[U, N]` cached candidate ids.
@@ -86,9 +112,15 @@ def request_features(
         recent: `[U, K]` the last K clicks (0 = none).
         list_age: `[U]` steps since each list was fetched.
         config: feature settings (defaults if None).
+        surprise: `([U, S] last-click rows, [U, S] mean rows since the fetch)` of
+            `CLICK_COLUMNS`; zeros if None (a device that reports no surprise).
     """
     config = FeatureConfig() if config is None else config
     items = as_batch(items, np.int64)
+    if surprise is None:
+        zeros = np.zeros((items.shape[0], len(CLICK_COLUMNS)))
+        surprise = (zeros, zeros)
+    last, mean = (np.asarray(part, np.float64).reshape(items.shape[0], -1) for part in surprise)
     logits = as_batch(srm_logits)
     valid = as_batch(valid, bool)
     recent = as_batch(recent, np.int64)
@@ -98,12 +130,14 @@ def request_features(
     in_list = (recent[:, :, None] == items[:, None, :]).any(axis=2) & (recent != 0)  # [U, K]
     age = np.log1p(np.asarray(list_age, dtype=np.float64).reshape(-1))
     columns = [*scores, age, max_prob, entropy, in_list.mean(axis=1), n / items.shape[1]]
+    columns += [SurpriseMeasure(name).from_rows(last, mean) for name in config.surprise]
     return np.stack(columns, axis=1)  # [U, F]
 
 
 def observation_features(obs: PolicyObservation, config: FeatureConfig | None = None) -> np.ndarray:
     """`[F]` features of one observation (see `request_features`)."""
     config = FeatureConfig() if config is None else config
+    last, mean = observation_rows(np.asarray(obs.surprise, np.float64))
     features = request_features(
         obs.items,
         obs.srm_logits,
@@ -111,6 +145,7 @@ def observation_features(obs: PolicyObservation, config: FeatureConfig | None = 
         obs.recent(config.recent_k),
         [obs.steps_since_request],
         config,
+        (last[None], mean[None]),
     )
     return features[0]
 

@@ -8,12 +8,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from device.consistency import (
-    ConsistencyMeasure,
-    build_measure,
-)
+from device.consistency import ConsistencyMeasure
 from device.policies.base import PolicyObservation, RequestPolicy
 from device.policies.calibration import ThresholdRule, calibrate_rule, calibrate_threshold
+from device.policies.surprise import SurpriseMeasure, build_request_measure
 
 
 @dataclass(eq=False)
@@ -81,20 +79,23 @@ class PeriodicPolicy(RequestPolicy):
 
 @dataclass(eq=False)
 class ConsistencyPolicy(RequestPolicy):
-    """Requests when the list's disagreement score reaches θ (LSC4Rec's intelligent request).
+    """Requests when a request measure reaches θ (LSC4Rec's intelligent request).
 
-    `decide(obs)` is `measure(srm_logits, valid) >= threshold` (exact ties request with
+    The measure is a list-consistency measure (`device.consistency`, LSC4Rec's rank
+    difference by default) or a surprise measure (`device.policies.surprise`).
+    `decide(obs)` is `measure.observe(obs) >= threshold` (exact ties request with
     probability `tie_prob`, 1 by default). `calibrate` sets θ for a target request rate.
     """
 
     name: ClassVar[str] = "consistency"
-    measure: ConsistencyMeasure | str = "rank_diff"  # a measure or its name in MEASURES
+    # a measure or its name in MEASURES or SURPRISE_MEASURES
+    measure: ConsistencyMeasure | SurpriseMeasure | str = "rank_diff"
     threshold: float = 0.0  # θ on the measure's scale; higher = fewer requests
     tie_prob: float = 1.0  # share of scores exactly at θ that request
 
     def __post_init__(self) -> None:
         if isinstance(self.measure, str):
-            self.measure = build_measure(self.measure)
+            self.measure = build_request_measure(self.measure)
         ThresholdRule(self.threshold, self.tie_prob)  # validates both
         super().__post_init__()
 
@@ -104,11 +105,11 @@ class ConsistencyPolicy(RequestPolicy):
 
     @property
     def label(self) -> str:
-        return f"{self.name}[{self.measure.name}]({self.threshold:g})"
+        return f"{self.measure.kind}[{self.measure.name}]({self.threshold:g})"
 
     def score(self, obs: PolicyObservation) -> float:
-        """The measure's disagreement score for this step."""
-        return float(self.measure(obs.srm_logits, obs.valid)[0])
+        """The measure's score for this step (higher = more reason to request)."""
+        return self.measure.observe(obs)
 
     def decide(self, obs: PolicyObservation) -> bool:
         rule = ThresholdRule(self.threshold, self.tie_prob)

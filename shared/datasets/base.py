@@ -25,11 +25,14 @@ class InteractionLog:
     timestamps: np.ndarray  # [R] int64 seconds
     item_titles: dict = field(default_factory=dict)  # raw item id -> title, when known
     item_attributes: dict = field(default_factory=dict)  # raw item id -> attribute tokens
+    latent: np.ndarray | None = None  # [R] a generator's hidden state per row (synthetic topics)
 
     def __post_init__(self) -> None:
         n = len(self.users)
         if len(self.items) != n or len(self.timestamps) != n:
             raise ValueError("users, items and timestamps must have the same length")
+        if self.latent is not None and len(self.latent) != n:
+            raise ValueError("latent must have one entry per interaction")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class SequenceDataset:
         item_titles: title of each item (index i = item i, index 0 = ""), or None.
         item_attributes: attribute tokens of each item (index i = item i, index 0 = ()), e.g.
             ("genre=Drama", "year=1995", "decade=1990s", "word=babe"), or None.
+        latent_topics: per user, `[n_u]` the interest the generator drew each click from,
+            aligned with `sequences` (synthetic data only; None for real data).
     """
 
     name: str
@@ -56,6 +61,7 @@ class SequenceDataset:
     item_ids: list[str]
     item_titles: list[str] | None = None
     item_attributes: list[tuple[str, ...]] | None = None
+    latent_topics: list[np.ndarray] | None = None
 
     @property
     def num_users(self) -> int:
@@ -89,8 +95,14 @@ def k_core_filter(log: InteractionLog, k: int) -> InteractionLog:
             break
         idx = np.flatnonzero(keep)
         keep[idx[~ok]] = False
+    latent = None if log.latent is None else log.latent[keep]
     return InteractionLog(
-        log.users[keep], log.items[keep], log.timestamps[keep], log.item_titles, log.item_attributes
+        log.users[keep],
+        log.items[keep],
+        log.timestamps[keep],
+        log.item_titles,
+        log.item_attributes,
+        latent,
     )
 
 
@@ -144,4 +156,5 @@ def build_sequence_dataset(
         item_ids=[""] + [str(i) for i in item_uniques.tolist()],
         item_titles=titles,
         item_attributes=attributes,
+        latent_topics=None if log.latent is None else [log.latent[g] for g in groups],
     )

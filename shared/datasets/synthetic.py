@@ -102,12 +102,16 @@ class _World:
         return item
 
 
-def _simulate_user(world: _World, cfg: SyntheticConfig, rng: np.random.Generator) -> list[int]:
+def _simulate_user(
+    world: _World, cfg: SyntheticConfig, rng: np.random.Generator
+) -> tuple[list[int], list[int]]:
+    """One user's clicks and the topic each was drawn from (the latent interest)."""
     length = int(rng.integers(cfg.min_length, cfg.max_length + 1))
     topic = int(rng.integers(cfg.num_topics))
     dwell_left = int(rng.geometric(1.0 / cfg.mean_dwell))
     seen: set = set()
     clicks: list[int] = []
+    topics: list[int] = []
     for _ in range(length):
         if dwell_left == 0 and cfg.num_topics > 1:
             topic = int((topic + rng.integers(1, cfg.num_topics)) % cfg.num_topics)
@@ -115,8 +119,9 @@ def _simulate_user(world: _World, cfg: SyntheticConfig, rng: np.random.Generator
         item = world.next_click(rng, topic, clicks[-1] if clicks else None, seen)
         seen.add(item)
         clicks.append(item)
+        topics.append(topic)
         dwell_left -= 1
-    return clicks
+    return clicks, topics
 
 
 def make_synthetic(config: SyntheticConfig | None = None, **overrides) -> SequenceDataset:
@@ -126,7 +131,8 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides) -> Sequen
         config: a `SyntheticConfig`; keyword overrides build or modify one.
     Returns:
         A `SequenceDataset` named "synthetic" whose item titles name each item's topic and
-        whose item attributes are the topic (`topic=k`).
+        whose item attributes are the topic (`topic=k`); `latent_topics` holds the topic
+        each click was drawn from (known only because the data are simulated).
     """
     if config is None:
         config = SyntheticConfig(**overrides)
@@ -134,17 +140,23 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides) -> Sequen
         config = SyntheticConfig(**{**config.__dict__, **overrides})
     rng = np.random.default_rng(config.seed)
     world = _World(config, rng)
-    users, items, stamps = [], [], []
+    users, items, stamps, topics = [], [], [], []
     for user in range(config.num_users):
-        clicks = _simulate_user(world, config, rng)
+        clicks, user_topics = _simulate_user(world, config, rng)
         start = int(rng.integers(0, 10**6))
         users += [user] * len(clicks)
         items += clicks
+        topics += user_topics
         stamps += list(range(start, start + 60 * len(clicks), 60))
     titles = {i: f"topic {world.topic_of[i]} · item {i}" for i in range(config.num_items)}
     # The topic is the item's category, as a genre is a film's: metadata a catalogue has.
     attributes = {i: (f"topic={world.topic_of[i]}",) for i in range(config.num_items)}
     log = InteractionLog(
-        np.asarray(users), np.asarray(items), np.asarray(stamps, dtype=np.int64), titles, attributes
+        np.asarray(users),
+        np.asarray(items),
+        np.asarray(stamps, dtype=np.int64),
+        titles,
+        attributes,
+        latent=np.asarray(topics, dtype=np.int64),  # known here, so surprise can be scored
     )
     return build_sequence_dataset(log, name="synthetic")

@@ -13,6 +13,7 @@ import numpy as np
 
 from device.fusion import Fusion, RankSigmoidFusion, rerank_batch
 from device.policies import PolicyObservation, RequestPolicy
+from device.policies.surprise import CLICK_COLUMNS, LIST_COLUMNS, NO_LIST, list_columns
 from shared.metrics import hit_rate, ndcg
 from simulations.replay.lists import FreshLists, load_or_generate_lists
 from simulations.replay.stream import KS, ListGenerator, ReplayConfig, ReplayStream
@@ -85,6 +86,37 @@ class ReplayData:
             out[row] = (items[row] != 0)[None] & (pos[None] >= seen_before)  # [T(t), T(j), N]
         return out
 
+    @cached_property
+    def click_rows(self) -> np.ndarray:
+        """`[U, T, T, S]` the surprise row (`CLICK_COLUMNS`) of the click before step `t`
+        as a device holding list `j` saw it (its list columns need the list held then,
+        `j <= t − 1`); at step 0 the history's last click, seen with no list (`NO_LIST`).
+        Rows with `j >= t` (t > 0) are unused and hold NO_LIST."""
+        users, window = self.num_users, self.window
+        model = self.srm.surprise  # [U, T, 5]
+        out = np.empty((users, window, window, len(CLICK_COLUMNS)))
+        out[..., : model.shape[-1]] = model[:, :, None, :]
+        out[..., model.shape[-1] :] = [NO_LIST[c] for c in LIST_COLUMNS]
+        steps, held = np.nonzero(np.tri(window - 1, dtype=bool))  # click at step s, list j <= s
+        for row in range(users):
+            clicks = self.stream.targets[row, steps]  # [P]
+            part = list_columns(
+                clicks,
+                model[row, steps + 1, 0],  # the click's logit, from its own surprise row
+                self.lists.items[row, held],
+                self.logits[row, steps, held],
+                self.valid[row, steps, held],
+            )
+            out[row, steps + 1, held, model.shape[-1] :] = part
+        return out
+
+    def surprise_rows(self, row: int, step: int, held: int) -> np.ndarray:
+        """`[A, S]` rows of the clicks since list `held` was fetched, as the session keeps
+        them (`DeviceSession.surprise_rows`): clicks at steps `held … step − 1`, or the
+        last click alone when none came since."""
+        first = held + 1 if step > held else step
+        return self.click_rows[row, first : step + 1, held]
+
     def fused_ranks(self, fusion: Fusion, chunk_rows: int = 65536) -> np.ndarray:
         """`[U, T, T]` the target's rank in the final list of step `t` holding list `j`.
 
@@ -120,6 +152,7 @@ class ReplayData:
             llm_scores=self.lists.scores[row, held],
             srm_logits=self.logits[row, step, held],
             history=self.stream.history(row, step),
+            surprise=self.surprise_rows(row, step, held),
         )
 
 

@@ -66,6 +66,16 @@ class PrecomputedRunner:
     def step(self, state: int, item: int) -> int:
         return state + 1
 
+    def step_with_surprise(
+        self, state: int, history: np.ndarray, item: int
+    ) -> tuple[int, np.ndarray]:
+        """The recorded surprise of click number `state` (the history's last click is row 0
+        of the table; earlier history clicks and the stream's last one are never read)."""
+        row = state - self.start + 1  # the click before stream step `row`
+        surprise = self.data.srm.surprise[self.row]  # [T, 5]
+        known = 0 <= row < self.data.window
+        return state + 1, surprise[row].copy() if known else np.zeros(surprise.shape[-1])
+
     def score_items(self, state: int, history: np.ndarray, items: np.ndarray) -> np.ndarray:
         step = state - self.start
         held = self._lists.get(np.asarray(items, dtype=np.int64).tobytes())

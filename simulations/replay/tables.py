@@ -1,5 +1,6 @@
 """The SRM's policy-independent outputs on a stream: logits of every held list at every step
-(by stepping the runner the device uses), and the SRM's own full-catalogue ranks."""
+(by stepping the runner the device uses), each click's surprise, and the SRM's own
+full-catalogue ranks."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ from typing import Any
 
 import numpy as np
 
+from device.models.surprise import SURPRISE_COLUMNS
 from device.session import SRMRunner, make_runner
 from shared.cache import digest, load_npz, save_npz
 from shared.metrics import full_ranking_ranks
 from shared.progress import progress_bar
 from simulations.replay.keys import srm_fingerprint
 from simulations.replay.lists import FreshLists
-from simulations.replay.stream import CACHE_FORMAT, ReplayStream
+from simulations.replay.stream import ReplayStream
+
+TABLE_FORMAT = 2  # bump when the SRM tables change; 2 added the surprise
 
 # ---------------------------------------------------------------- SRM outputs
 
@@ -29,15 +33,19 @@ class SRMTables:
             at step `t` (after the clicks before `t`), for `j <= t`; 0 for `j > t`.
         full_ranks: `[U, T]` the target's rank among all items, history masked (SRM alone,
             no cloud); NaN when not computed.
+        surprise: `[U, T, 5]` the runner's surprise (`SURPRISE_COLUMNS`) of the click just
+            before step `t` (step 0: the history's last click), under the state before it.
         from_cache: whether they were read from disk.
     """
 
     logits: np.ndarray
     full_ranks: np.ndarray
+    surprise: np.ndarray
     from_cache: bool = False
 
 
-ResumeStates = dict[int, tuple[int, Any]]  # user -> (clicks folded, runner state)
+# user -> (clicks folded, runner state, surprise of the last folded click)
+ResumeStates = dict[int, tuple[int, Any, np.ndarray]]
 
 
 def _user_tables(
@@ -47,29 +55,35 @@ def _user_tables(
     lists: np.ndarray,
     num_items: int,
     resume: ResumeStates | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """`[T, T, N]` logits and `[T]` full ranks of one user, stepping the runner click by click."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`[T, T, N]` logits, `[T]` full ranks and `[T, 5]` surprise of one user, stepping the
+    runner click by click."""
     seq, start, window = stream.sequences[row], int(stream.starts[row]), stream.window
     user = int(stream.users[row])
-    folded, state = (0, runner.init_state())
+    folded, state, last = 0, runner.init_state(), None
     if resume is not None and user in resume and resume[user][0] <= start:
-        folded, state = resume[user]
-    for item in seq[folded:start]:
-        state = runner.step(state, int(item))
+        folded, state, last = resume[user]
+    for index in range(folded, start):
+        if index < start - 1:  # only the history's last click needs its surprise
+            state = runner.step(state, int(seq[index]))
+        else:
+            state, last = runner.step_with_surprise(state, seq[:index], int(seq[index]))
     logits = np.zeros((window, window, lists.shape[-1]), dtype=np.float32)
+    surprise = np.zeros((window, len(SURPRISE_COLUMNS)))
     full = np.full(window, np.nan)
     all_items = np.arange(num_items + 1) if num_items else None
     for t in range(window):
         history = seq[: start + t]
+        surprise[t] = last
         for j in range(t + 1):
             logits[t, j] = runner.score_items(state, history, lists[j])
         if all_items is not None:
             scores = runner.score_items(state, history, all_items)[None]  # [1, I]
             full[t] = full_ranking_ranks(scores, seq[start + t : start + t + 1], [history])[0]
-        state = runner.step(state, int(seq[start + t]))
+        state, last = runner.step_with_surprise(state, history, int(seq[start + t]))
     if resume is not None:
-        resume[user] = (start + window, state)
-    return logits, full
+        resume[user] = (start + window, state, last)
+    return logits, full, surprise
 
 
 def compute_srm_tables(
@@ -95,14 +109,15 @@ def compute_srm_tables(
     shape = (stream.num_users, stream.window, stream.window, lists.items.shape[-1])
     logits = np.zeros(shape, dtype=np.float32)
     full = np.full((stream.num_users, stream.window), np.nan)
+    surprise = np.zeros((stream.num_users, stream.window, len(SURPRISE_COLUMNS)))
     rows = progress_bar(
         range(stream.num_users), desc=f"SRM on {stream.role} stream", enabled=progress
     )
     for row in rows:
-        logits[row], full[row] = _user_tables(
+        logits[row], full[row], surprise[row] = _user_tables(
             runner, stream, row, lists.items[row], num_items, resume
         )
-    return SRMTables(logits, full)
+    return SRMTables(logits, full, surprise)
 
 
 def load_or_compute_srm_tables(
@@ -120,7 +135,7 @@ def load_or_compute_srm_tables(
     full ranks were computed.
     """
     key = {
-        "format": CACHE_FORMAT,
+        "format": TABLE_FORMAT,
         "srm": srm_fingerprint(model),
         "lists": lists.key,
         "stream": stream.digest,
@@ -129,8 +144,13 @@ def load_or_compute_srm_tables(
     path = Path(cache_dir) / f"srm-{stream.role}-{digest(key)}.npz" if cache_dir else None
     cached = load_npz(path, key) if path and lists.key else None
     if cached is not None:
-        return SRMTables(cached["logits"], cached["full_ranks"], True)
+        return SRMTables(cached["logits"], cached["full_ranks"], cached["surprise"], True)
     tables = compute_srm_tables(make_runner(model), stream, lists, num_items, resume, progress)
     if path and lists.key:
-        save_npz(path, key, {"logits": tables.logits, "full_ranks": tables.full_ranks})
+        arrays = {
+            "logits": tables.logits,
+            "full_ranks": tables.full_ranks,
+            "surprise": tables.surprise,
+        }
+        save_npz(path, key, arrays)
     return tables

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device.consistency import MEASURES
 from device.fusion import FUSIONS
+from device.policies.surprise import REQUEST_MEASURES
 from shared.splits import StreamSplit
 from simulations.replay import (
     KS,
@@ -39,6 +39,7 @@ class RequestRateConfig:
     calibration_steps: int = 30  # bisection steps on the quantile level (2^-30: exact enough)
     goal_max_rate: float = 0.3  # the goal: at rates up to this …
     goal_ratio: float = 0.95  # … reach this share of always-request NDCG@10
+    auc_draws: int = 200  # bootstrap draws of the measure-AUC table (0 = no table)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_rates", tuple(float(r) for r in self.target_rates))
@@ -53,8 +54,9 @@ class RequestRateConfig:
             if family not in FAMILIES:
                 raise ValueError(f"unknown policy {family!r}; valid names: {', '.join(FAMILIES)}")
         for measure in self.measures:
-            if measure not in MEASURES:
-                raise ValueError(f"unknown measure {measure!r}; valid: {', '.join(MEASURES)}")
+            if measure not in REQUEST_MEASURES:
+                valid = ", ".join(REQUEST_MEASURES)
+                raise ValueError(f"unknown measure {measure!r}; valid: {valid}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {self.fusion!r}; valid: {', '.join(FUSIONS)}")
         if self.bootstrap_draws < 1 or self.calibration_steps < 1:

@@ -7,11 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from shared.progress import progress_bar
+from device.policies import RandomPolicy
+from shared.progress import progress_bar, progress_write
 from simulations.replay import (
     ReplayData,
     ReplayResult,
 )
+from simulations.request_rate.auc import auc_table
+from simulations.request_rate.calibration import fit_learned
 from simulations.request_rate.config import RequestRateConfig
 from simulations.request_rate.points import (
     PolicyPoint,
@@ -45,6 +48,7 @@ def run_request_rate(
     valid: ReplayData,
     config: RequestRateConfig | None = None,
     progress: bool = False,
+    topics: list[np.ndarray] | None = None,
 ) -> ExperimentResult:
     """Calibrate every policy on `valid`, replay every point on `test`, summarise.
 
@@ -53,6 +57,8 @@ def run_request_rate(
         valid: replay data of the validation stream (calibration and the learned policy).
         config: the sweep.
         progress: show a progress bar over the points.
+        topics: per data-set user, the latent topic of each click (synthetic data): adds
+            the "first click after a topic switch" column to the AUC table.
     """
 
     config = RequestRateConfig() if config is None else config
@@ -67,8 +73,22 @@ def run_request_rate(
         result = run_point(test, point)
         results.append(result)
         rows.append(point_row(point, result, indices, config.confidence))
-    goal = goal_check(rows, results, points, indices, config)
+
+    def random_at(rate: float) -> tuple[dict[str, Any], ReplayResult]:
+        """Random requests at exactly the rate a policy reached on the test stream."""
+        point = PolicyPoint("random", RandomPolicy(p=rate, seed=config.seed), fusion, rate)
+        result = run_point(test, point)
+        return point_row(point, result, indices, config.confidence), result
+
+    goal = goal_check(rows, results, points, indices, config, random_at)
     notes["reference_gaps"] = reference_gaps(results, points, indices, config.confidence)
+    if config.auc_draws:
+        progress_write("scoring every request measure's AUC on the test stream", enabled=progress)
+        learned = next((p.policy.model for p in points if p.family == "learned"), None)
+        learned = fit_learned(valid, fusion)[0] if learned is None else learned
+        notes["auc"] = auc_table(
+            test, fusion, learned, topics, config.auc_draws, config.confidence, config.seed
+        )
     return ExperimentResult(rows, goal, results, notes)
 
 

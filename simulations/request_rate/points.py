@@ -38,7 +38,7 @@ from simulations.request_rate.states import measure_table
 class PolicyPoint:
     """One point of a curve: the policy, how it was set, and what it did on validation."""
 
-    family: str  # "random", "periodic", "consistency[kendall]", "learned", or a reference
+    family: str  # "random", "periodic", "consistency[kendall]", "surprise[drift]", "learned", …
     policy: RequestPolicy | None  # None for srm_only (no device session at all)
     fusion: Fusion | None = None
     target_rate: float | None = None  # the calibration target (None for references)
@@ -112,12 +112,11 @@ def build_points(
             points.append(PolicyPoint("periodic", PeriodicPolicy(m=m, seed=seed), fusion, rate))
     if "consistency" in config.families:
         for measure in config.measures:
-            _say(progress, f"calibrating consistency[{measure}] on the validation stream")
-            table = measure_table(valid, measure)
             policy = ConsistencyPolicy(measure=measure, seed=seed)
-            points += _calibrated_points(
-                f"consistency[{measure}]", policy, table, valid, fusion, config
-            )
+            family = f"{policy.measure.kind}[{measure}]"  # consistency[…] or surprise[…]
+            _say(progress, f"calibrating {family} on the validation stream")
+            table = measure_table(valid, measure)
+            points += _calibrated_points(family, policy, table, valid, fusion, config)
     if "learned" in config.families:
         _say(progress, "training the learned policy on the validation stream")
         model, table, notes["learned"] = fit_learned(valid, fusion)
@@ -137,8 +136,8 @@ def reference_points(config: RequestRateConfig, fusion: Fusion | None = None) ->
         PolicyPoint("llm_only", AlwaysPolicy(seed=config.seed), LLMOnlyFusion()),
         PolicyPoint("srm_only", None),
     ]
-    if config.alphas:
-        lsc4rec = RankSigmoidFusion(alpha=0.5)
+    lsc4rec = RankSigmoidFusion(alpha=0.5)
+    if config.alphas and fusion != lsc4rec:
         points.append(PolicyPoint("always_alpha_0.5", AlwaysPolicy(seed=config.seed), lsc4rec))
     return points
 

@@ -14,6 +14,7 @@ from simulations.plots import plot_request_rate
 from simulations.replay import (
     ReplayResult,
 )
+from simulations.request_rate.auc import auc_markdown
 from simulations.request_rate.config import RequestRateConfig
 from simulations.request_rate.experiment import ExperimentResult
 
@@ -62,7 +63,7 @@ def goal_markdown(goal: list[dict[str, Any]], ratio: float) -> str:
     bootstrap over users, paired)."""
     lines = [
         "| target rate | best policy (chosen on validation) | achieved rate | NDCG@10 "
-        "| share of the always − never gap [95% CI] | random at this rate, NDCG@10 "
+        "| share of the always − never gap [95% CI] | random at the achieved rate, NDCG@10 "
         f"| best − random [95% CI] | best − never [95% CI] | ≥ {ratio:.0%} of always |",
         "|" + " --- |" * 9,
     ]
@@ -119,7 +120,16 @@ def write_outputs(
     title = f"# Request rate vs accuracy ({(meta or {}).get('dataset', '')})\n\n"
     text = title + markdown_table(experiment.rows) + "\n\n## Goal check\n\n"
     text += goal_markdown(experiment.goal, config.goal_ratio) + "\n\n"
-    paths["md"].write_text(text + gaps_markdown(experiment.notes.get("reference_gaps", {})))
+    text += gaps_markdown(experiment.notes.get("reference_gaps", {}))
+    if experiment.notes.get("auc"):
+        text += "\n## Which measure predicts a useful request (test stream)\n\n"
+        text += auc_markdown(experiment.notes["auc"])
+        paths["auc"] = out / "measure_auc.csv"
+        with open(paths["auc"], "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(experiment.notes["auc"][0]))
+            writer.writeheader()
+            writer.writerows(experiment.notes["auc"])
+    paths["md"].write_text(text)
     plot_request_rate(experiment.rows, paths["png"], title=(meta or {}).get("dataset", ""))
     _write_records(experiment.results, paths["records"])
     return paths

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from device.consistency import build_measure
 from device.policies import (
     FeatureConfig,
     request_features,
 )
+from device.policies.surprise import SurpriseMeasure, build_request_measure
 from simulations.replay import (
     ReplayData,
 )
@@ -40,10 +40,27 @@ def _recent_clicks(data: ReplayData, rows, steps, k: int) -> np.ndarray:
     return out
 
 
+def surprise_state_rows(
+    data: ReplayData, rows: np.ndarray, steps: np.ndarray, held: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`[M, S]` last-click rows and `[M, S]` means since the fetch at the given states, as
+    `ReplayData.surprise_rows` gives them one by one (means by a cumulative sum)."""
+    table = data.click_rows  # [U, T, T, S]
+    totals = np.cumsum(table, axis=1)  # [U, T, T, S]: sum over t' <= t
+    last = table[rows, steps, held]
+    count = (steps - held)[:, None]  # clicks since the fetch
+    since = totals[rows, steps, held] - totals[rows, held, held]  # rows held+1 … step
+    mean = np.where(count > 0, since / np.maximum(count, 1), last)
+    return last, mean
+
+
 def measure_table(data: ReplayData, measure: str, chunk: int = 2048) -> np.ndarray:
-    """`[U, T, T]` a consistency measure's score at every reachable state (NaN elsewhere)."""
-    scorer = build_measure(measure)
+    """`[U, T, T]` a request measure's score (consistency or surprise) at every reachable
+    state (NaN elsewhere)."""
+    scorer = build_request_measure(measure)
     rows, steps, held = state_index(data)
+    if isinstance(scorer, SurpriseMeasure):
+        return to_table(data, scorer.from_rows(*surprise_state_rows(data, rows, steps, held)))
     scores = np.empty(len(rows))
     for lo in range(0, len(rows), chunk):
         r, s, h = rows[lo : lo + chunk], steps[lo : lo + chunk], held[lo : lo + chunk]
@@ -57,6 +74,7 @@ def feature_rows(data: ReplayData, config: FeatureConfig, chunk: int = 2048) -> 
     """`[M, F]` the learned policy's features at every reachable state (`state_index` order)."""
     rows, steps, held = state_index(data)
     recent = _recent_clicks(data, rows, steps, config.recent_k)
+    last, mean = surprise_state_rows(data, rows, steps, held)
     parts = []
     for lo in range(0, len(rows), chunk):
         r, s, h = rows[lo : lo + chunk], steps[lo : lo + chunk], held[lo : lo + chunk]
@@ -64,7 +82,10 @@ def feature_rows(data: ReplayData, config: FeatureConfig, chunk: int = 2048) -> 
         age = s - h  # the held list was fetched at step h
         valid = data.valid[r, s, h]
         logits = data.logits[r, s, h]
-        parts.append(request_features(items, logits, valid, recent[lo : lo + chunk], age, config))
+        surprise = (last[lo : lo + chunk], mean[lo : lo + chunk])
+        parts.append(
+            request_features(items, logits, valid, recent[lo : lo + chunk], age, config, surprise)
+        )
     return np.concatenate(parts)
 
 

@@ -3,6 +3,7 @@ check (best calibrated policy vs random and the references)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -89,9 +90,14 @@ def goal_check(
     points: list[PolicyPoint],
     indices: np.ndarray,
     config: RequestRateConfig,
+    random_at: Callable[[float], tuple[dict[str, Any], ReplayResult]] | None = None,
 ) -> list[dict[str, Any]]:
     """Per target rate <= `goal_max_rate`: the best calibrated policy (picked on validation
-    NDCG@10) against always (ratio), random at the same rate and never (paired intervals)."""
+    NDCG@10) against always (ratio), random at the same rate and never (paired intervals).
+
+    `random_at(rate)` replays random requests at the best policy's achieved test rate (its
+    row and result); without it, the random point of the same target rate stands in.
+    """
     by_family = {(p.family, p.target_rate): i for i, p in enumerate(points)}
     ref = {p.family: i for i, p in enumerate(points) if p.family in REFERENCES}
     user_ndcg = [r.user_metrics()["NDCG@10"] for r in results]
@@ -116,14 +122,20 @@ def goal_check(
         check["reaches_ratio"] = check["ratio_to_always"] >= config.goal_ratio
         for name in ("random", "never"):
             other = by_family.get(("random", rate)) if name == "random" else ref.get("never")
-            if other is None:
+            if name == "random" and random_at is not None:
+                other_row, other_result = random_at(rows[best]["request_rate"])
+                other_ndcg = other_result.user_metrics()["NDCG@10"]
+                check["random_request_rate"] = other_row["request_rate"]
+            elif other is None:
                 continue
-            diff = paired_difference(user_ndcg[best], user_ndcg[other], indices, config.confidence)
-            check[f"{name}_NDCG@10"] = rows[other]["NDCG@10"]
-            check[f"{name}_NDCG@10_hi"] = rows[other]["NDCG@10_hi"]
+            else:
+                other_row, other_ndcg = rows[other], user_ndcg[other]
+            diff = paired_difference(user_ndcg[best], other_ndcg, indices, config.confidence)
+            check[f"{name}_NDCG@10"] = other_row["NDCG@10"]
+            check[f"{name}_NDCG@10_hi"] = other_row["NDCG@10_hi"]
             check[f"diff_vs_{name}"] = list(diff)
             check[f"beats_{name}"] = diff[1] > 0.0  # the paired interval excludes 0
-            check[f"above_{name}_interval"] = check["best_NDCG@10"] > rows[other]["NDCG@10_hi"]
+            check[f"above_{name}_interval"] = check["best_NDCG@10"] > other_row["NDCG@10_hi"]
         if "never" in ref:
             check["gap_share"] = list(
                 gap_share(

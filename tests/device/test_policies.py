@@ -275,5 +275,5 @@ def test_registry():
         build_policy("random", p=-0.1)
     with pytest.raises(ValueError, match="bad arguments"):
         build_policy("never", p=0.1)
-    with pytest.raises(ValueError, match="unknown measure"):
+    with pytest.raises(ValueError, match="unknown request measure"):
         ConsistencyPolicy(measure="cosine")
