@@ -30,6 +30,18 @@ def add_parser(subparsers) -> None:
     sweep.add_argument("--llm", required=True, metavar="DIR", help="generator folder (train-llm)")
     sweep.add_argument("--srm", required=True, metavar="DIR", help="SRM checkpoint (train-srm)")
     sweep.add_argument("--out", default="runs/request_rate", help="folder for tables and plot")
+    sweep.add_argument(
+        "--calibration-llm",
+        metavar="DIR",
+        help="generator trained one test window earlier (train-llm --test-window 2T): "
+        "replays the validation stream, so calibration sees clicks new to the models",
+    )
+    sweep.add_argument(
+        "--calibration-srm",
+        metavar="DIR",
+        help="SRM trained one test window earlier (train-srm --test-window 2T); with "
+        "--calibration-llm",
+    )
     _add_sweep_args(sweep)
     _add_replay_args(sweep)
     sweep.set_defaults(func=run_request_rate)
@@ -146,17 +158,22 @@ def _check_model_folders(args: argparse.Namespace) -> None:
 
     _check_folder(args.llm, "--llm", "generator.json")
     _check_folder(args.srm, "--srm", CONFIG_NAME)
+    if (args.calibration_llm is None) != (args.calibration_srm is None):
+        raise ValueError("--calibration-llm and --calibration-srm go together")
+    if args.calibration_llm is not None:
+        _check_folder(args.calibration_llm, "--calibration-llm", "generator.json")
+        _check_folder(args.calibration_srm, "--calibration-srm", CONFIG_NAME)
 
 
-def _load_models(args: argparse.Namespace, num_items: int):
+def _load_models(args: argparse.Namespace, num_items: int, llm: str, srm: str):
     from cloud.loading import load_generator
     from device.checkpoint import load_srm
 
-    generator = load_generator(args.llm)
-    model = load_srm(args.srm)
-    for name, found in (("--llm", generator.num_items), ("--srm", model.config.num_items)):
+    generator = load_generator(llm)
+    model = load_srm(srm)
+    for name, found in ((llm, generator.num_items), (srm, model.config.num_items)):
         if found != num_items:
-            raise ValueError(f"{name} model has {found} items, the data set {num_items}")
+            raise ValueError(f"model {name} has {found} items, the data set {num_items}")
     return generator, model
 
 
@@ -200,7 +217,12 @@ def run_request_rate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     dataset = load_dataset_from_args(args)
-    generator, model = _load_models(args, dataset.num_items)
+    generator, model = _load_models(args, dataset.num_items, args.llm, args.srm)
+    calibration = None
+    if args.calibration_llm is not None:
+        calibration = _load_models(
+            args, dataset.num_items, args.calibration_llm, args.calibration_srm
+        )
     split = split_stream(dataset, test_window=args.test_window)
     label = dataset_label(dataset, args.data_seed if args.dataset == "synthetic" else None)
     valid, test = prepare_streams(
@@ -212,6 +234,7 @@ def run_request_rate(args: argparse.Namespace) -> int:
         label,
         valid_window=args.valid_window or None,
         progress=not args.no_progress,
+        calibration=calibration,
     )
     prepared = time.perf_counter()
     experiment = run_request_rate(
@@ -221,6 +244,9 @@ def run_request_rate(args: argparse.Namespace) -> int:
         "dataset": label,
         "generator": generator.model_version,
         "srm": model.name,
+        "calibration_models": [args.calibration_llm, args.calibration_srm]
+        if calibration is not None
+        else None,
         "test_users": test.num_users,
         "valid_users": valid.num_users,
         "test_window": test.window,

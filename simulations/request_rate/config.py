@@ -77,12 +77,19 @@ def prepare_streams(
     dataset: str = "",
     valid_window: int | None = None,
     progress: bool = False,
+    calibration: tuple[Any, Any] | None = None,
 ) -> tuple[ReplayData, ReplayData]:
     """Replay data of the validation and the test stream (lists and SRM scores, cached).
 
     The validation stream is prepared first; its runner states carry over to the test
     stream, which starts where it ends. Only the test stream gets the SRM-only full ranking.
 
+    Args:
+        calibration: `(generator, model)` trained with the training part cut one test window
+            earlier (`--test-window 2T`), to replay the validation stream with instead of the
+            deployed pair. The validation stream's clicks are then new to both, as the test
+            stream's are to the deployed pair; with the deployed pair they are training
+            clicks, on which both models are far surer than on new ones.
     Returns:
         `(valid, test)`.
     """
@@ -90,16 +97,17 @@ def prepare_streams(
     out = []
     for role, window in (("valid", valid_window), ("test", None)):
         stream = stream_from_split(split, role, window)
+        pair = calibration if calibration is not None and role == "valid" else (generator, model)
         out.append(
             prepare_replay(
                 stream,
-                generator,
-                model,
+                pair[0],
+                pair[1],
                 replay_config,
                 cache_dir,
                 dataset,
                 full_ranking=role == "test",
-                resume=resume,
+                resume=resume if calibration is None else None,
                 progress=progress,
             )
         )

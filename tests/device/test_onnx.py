@@ -122,3 +122,15 @@ def test_init_state_from_metadata(model, runner):
 
 def test_export_leaves_model_untouched(exported):
     assert exported[1]
+
+
+def test_step_graph_reports_the_surprise_torch_does(model, runner):
+    history = clicks(3, 25, seed=11)
+    torch_state, onnx_state = model.init_state(3), runner.init_state(3)
+    table = model.all_item_features()
+    for t in range(history.shape[1]):
+        with torch.no_grad():
+            torch_state, _, expected = model.step_with_surprise(torch_state, history[:, t], table)
+        onnx_state, _, surprise = runner.step_with_surprise(onnx_state, history[:, t])
+        torch.testing.assert_close(surprise, expected.float(), rtol=1e-3, atol=2e-4)
+    assert (surprise[:, 3] > 0).all() and (surprise[:, 4] > 0).all()  # drift, inner loss

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from device.models.ttt4rec import TTT4Rec
 from device.policies import (
     AlwaysPolicy,
     ConsistencyPolicy,
+    LearnedPolicy,
     NeverPolicy,
     PeriodicPolicy,
     RandomPolicy,
@@ -250,3 +252,57 @@ def test_config_validation():
         ReplayConfig(n=0)
     with pytest.raises(ValueError, match="request_history"):
         ReplayConfig(request_history=0)
+
+
+SURPRISE_POLICIES = [
+    ConsistencyPolicy(measure="last_click_position", threshold=0.99, seed=2),
+    ConsistencyPolicy(measure="drift_mean", threshold=0.3, seed=4),
+    ConsistencyPolicy(measure="surprisal", threshold=4.6, seed=5),
+    ConsistencyPolicy(measure="list_rank_mean", threshold=0.3, seed=6),
+]
+
+
+@pytest.mark.parametrize("policy", SURPRISE_POLICIES, ids=lambda p: p.label)
+def test_surprise_policies_replay_as_devices_run_them(srm, data, policy):
+    fast = replay(data, policy)
+    via_model = replay_sessions(data, policy, runner_factory=lambda row: make_runner(srm))
+    np.testing.assert_array_equal(via_model.requested, fast.requested)
+    np.testing.assert_array_equal(via_model.ranks, fast.ranks)
+    assert 0.0 < fast.request_rate < 1.0
+
+
+@dataclasses.dataclass(eq=False)
+class _Recorder(RandomPolicy):
+    """Random requests that remember every observation (class-level, shared by spawns)."""
+
+    seen: ClassVar[list] = []
+
+    def decide(self, obs):
+        type(self).seen.append(obs)
+        return super().decide(obs)
+
+
+def test_devices_see_the_surprise_rows_the_replay_gives(srm, data):
+    _Recorder.seen = []
+    policy = _Recorder(p=0.4, seed=9)
+    result = replay_sessions(data, policy, runner_factory=lambda row: make_runner(srm))
+    observations = iter(_Recorder.seen)
+    for row in range(data.num_users):
+        held = 0
+        for t in range(data.window):
+            obs = next(observations)
+            expected = data.surprise_rows(row, t, held)
+            np.testing.assert_allclose(obs.surprise, expected, rtol=1e-5, atol=1e-5)
+            assert len(expected) == max(t - held, 1)
+            held = t if result.requested[row, t] else held
+
+
+def test_learned_policy_with_surprise_features_replays_as_devices_run_it(srm, data):
+    from simulations.request_rate.calibration import fit_learned
+
+    model, _, _ = fit_learned(data, RankSigmoidFusion())
+    policy = LearnedPolicy(model=model, threshold=0.3, seed=1)
+    fast = replay(data, policy)
+    via_model = replay_sessions(data, policy, runner_factory=lambda row: make_runner(srm))
+    np.testing.assert_array_equal(via_model.requested, fast.requested)
+    assert 0.0 < fast.request_rate < 1.0
