@@ -152,3 +152,15 @@ def test_synthetic_interests_drift_between_topics():
 def test_synthetic_config_is_validated():
     with pytest.raises(ValueError, match="num_topics"):
         make_synthetic(num_items=10, num_topics=20)
+
+
+def test_synthetic_data_expose_the_latent_topic_of_every_click():
+    dataset = make_synthetic(num_users=30, num_items=200, num_topics=5, noise=0.0, seed=2)
+    assert [len(t) for t in dataset.latent_topics] == [len(s) for s in dataset.sequences]
+    item_topic = {i: int(a[0].split("=")[1]) for i, a in enumerate(dataset.item_attributes) if a}
+    drawn = np.concatenate(dataset.latent_topics)
+    clicked = np.array([item_topic[i] for s in dataset.sequences for i in s])
+    # without noise a click leaves its topic only when the topic runs out of unseen items
+    assert (drawn == clicked).mean() > 0.95
+    switches = np.concatenate([np.diff(t) != 0 for t in dataset.latent_topics])
+    assert 0.05 < switches.mean() < 0.4  # mean dwell 6 clicks

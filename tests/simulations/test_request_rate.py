@@ -267,3 +267,65 @@ def test_gap_share_is_the_ratio_of_paired_means():
     uneven = never + np.array([0.4, 0.0, 0.0, 0.0])
     share, low, high = gap_share(uneven, never, always, bootstrap_indices(4, 200, seed=0))
     assert share == pytest.approx(0.4 / 1.0) and low < share < high
+
+
+def test_auc_counts_ordered_pairs_and_half_ties():
+    from simulations.request_rate.auc import auc
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 60).astype(float)  # many ties
+    labels = rng.random(60) < 0.4
+    pos, neg = scores[labels], scores[~labels]
+    pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+    assert auc(scores, labels) == pytest.approx(pairs)
+    assert auc(labels.astype(float), labels) == 1.0
+    assert np.isnan(auc(scores, np.zeros(60, bool)))
+
+
+def test_measure_auc_table_scores_every_measure_and_topic_switches(streams):
+    from device.policies.surprise import REQUEST_MEASURES
+    from simulations.request_rate.auc import auc_markdown
+
+    valid, test = streams
+    dataset = make_synthetic(  # the streams' data set: the same seed gives the same topics
+        num_users=100, num_items=200, num_topics=8, min_length=25, max_length=30, seed=1
+    )
+    assert dataset.latent_topics is not None
+    config = RequestRateConfig(
+        target_rates=(0.2,), families=("random", "learned"), bootstrap_draws=50, auc_draws=30
+    )
+    experiment = run_request_rate(test, valid, config, topics=dataset.latent_topics)
+    table = experiment.notes["auc"]
+    assert [row["measure"] for row in table] == [*REQUEST_MEASURES, "learned"]
+    for row in table:
+        for label in ("fresh_better", "topic_switch"):
+            assert 0.0 <= row[f"{label}_lo"] <= row[f"{label}_hi"] <= 1.0
+            assert 0.0 <= row[f"{label}_auc"] <= 1.0
+    assert 0.05 < table[0]["topic_switch_positives"] < 0.4  # mean dwell: 6 clicks
+    assert 0.0 < table[0]["fresh_better_positives"] < 1.0
+    assert "first click after a topic switch" in auc_markdown(table)
+    goal = experiment.goal[0]
+    assert abs(goal["random_request_rate"] - goal["best_request_rate"]) < 0.06
+
+
+def test_cli_alpha_and_calibration_models(saved_models, tmp_path, capsys):
+    base = ["--rates", "0.3", "--policies", "random", "--bootstrap", "20", "--auc-bootstrap", "0"]
+    base += ["--cache-dir", str(tmp_path / "cache")]
+    out = tmp_path / "fixed"
+    assert main(cli_args(saved_models, *base, "--alpha", "0.5", "--out", str(out))) == 0
+    payload = json.loads((out / "request_rate.json").read_text())
+    assert "always_alpha_0.5" not in [row["policy"] for row in payload["points"]]
+    assert payload["config"]["alphas"] == [0.5]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(cli_args(saved_models, *base, "--alpha", "2"))
+    assert exited.value.code == 2
+    assert "alpha must be in [0, 1]" in capsys.readouterr().err
+    calibration = ["--calibration-llm", str(saved_models / "llm")]
+    assert main(cli_args(saved_models, *base, *calibration)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "go together" in err and len(err.splitlines()) == 1
+    calibration += ["--calibration-srm", str(saved_models / "srm"), "--out", str(tmp_path / "c")]
+    assert main(cli_args(saved_models, *base, *calibration)) == 0
+    meta = json.loads((tmp_path / "c" / "request_rate.json").read_text())["meta"]
+    assert meta["calibration_models"] == [str(saved_models / "llm"), str(saved_models / "srm")]
