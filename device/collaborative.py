@@ -141,12 +141,17 @@ class CandidateBatcher:
         fill_random: bool = True,
         batch_size: int = 128,
         seed: int = 0,
+        hard_negatives: int | None = None,
     ) -> None:
         if list_size < 2:
             raise ValueError(f"list_size must be >= 2, got {list_size}")
+        if hard_negatives is not None and hard_negatives < 0:
+            raise ValueError(f"hard_negatives must be >= 0, got {hard_negatives}")
         self.sequences = [np.asarray(s, dtype=np.int64) for s in sequences]
         self.examples, self.num_items, self.max_len = examples, num_items, max_len
         self.list_size, self.fill_random, self.batch_size = list_size, fill_random, batch_size
+        limit = list_size - 1 if hard_negatives is None else min(hard_negatives, list_size - 1)
+        self.hard_negatives = limit
         self.known = UserItemIndex(self.sequences, num_items)
         self.rng = np.random.default_rng(seed)
 
@@ -180,7 +185,7 @@ class CandidateBatcher:
         target = seq[pos]
         # Never a negative the user clicks (before or after): those are not "wrong" answers.
         seen = set(seq.tolist()) | {0}
-        hard = [int(c) for c in candidates if int(c) not in seen][: self.list_size - 1]
+        hard = [int(c) for c in candidates if int(c) not in seen][: self.hard_negatives]
         row = np.zeros(self.list_size, dtype=np.int64)
         row[0] = target
         row[1 : 1 + len(hard)] = hard
@@ -196,10 +201,16 @@ class CollaborativeConfig:
     adaptive_epochs: int = 1  # adaptive re-training epochs on the newest clicks (step 4; 0 = off)
     adaptive_newest: int = 3  # newest training clicks per user used by step 4
     adaptive_lr: float = 3e-4  # a smaller step than training's, so step 4 adapts, not restarts
+    hard_negatives: int | None = None  # LLM candidates per example (None = all that fit)
+    lr: float | None = None  # learning rate of step 3 (None = the training config's)
 
     def __post_init__(self) -> None:
         if self.per_user < 1:
             raise ValueError(f"per_user must be >= 1, got {self.per_user}")
+        if self.hard_negatives is not None and self.hard_negatives < 0:
+            raise ValueError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.list_size < 2:
             raise ValueError(f"list_size must be >= 2, got {self.list_size}")
         if self.epochs < 0 or self.adaptive_epochs < 0:
@@ -234,10 +245,16 @@ def train_collaborative(
             list_size=config.list_size,
             fill_random=config.fill_random,
             seed=train_config.seed,
+            hard_negatives=config.hard_negatives,
         )
         # One example per LLM list, BCE against its hard negatives (per-prefix batches).
         stage = dataclasses.replace(
-            train_config, epochs=config.epochs, select_protocol="list", level="prefix", loss="bce"
+            train_config,
+            epochs=config.epochs,
+            lr=train_config.lr if config.lr is None else config.lr,
+            select_protocol="list",
+            level="prefix",
+            loss="bce",
         )
         results["collaborative"] = train_srm(model, sequences, valid, stage, on_epoch, batcher)
     if config.adaptive_epochs:

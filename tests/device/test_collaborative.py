@@ -72,6 +72,20 @@ def test_candidate_batches_put_target_first_and_never_use_the_users_items(split,
                 assert row[0] in own
                 assert not own & set(row[1:].tolist())
                 assert (row[1:] != 0).all() if fill else (row[21:] == 0).all()
+    few = CandidateBatcher(
+        split.train,
+        examples,
+        split.num_items,
+        max_len=10,
+        list_size=30,
+        hard_negatives=3,
+        fill_random=False,
+    )
+    for batch in few:
+        assert (batch.items[:, 4:] == 0).all()  # at most 3 LLM candidates, nothing else
+        assert (batch.items[:, 1:4] != 0).any()
+    with pytest.raises(ValueError, match="hard_negatives"):
+        CandidateBatcher(split.train, examples, split.num_items, hard_negatives=-1)
 
 
 def test_cooperative_training_improves_ranking_inside_the_lists(split, tmp_path):
