@@ -191,8 +191,18 @@ def _build_configs(args: argparse.Namespace):
         seed=args.seed,
         bootstrap_draws=args.bootstrap,
         auc_draws=args.auc_bootstrap,
+        **_learned_features(args),
     )
     return config, ReplayConfig(args.candidates, args.request_history, args.batch_size)
+
+
+def _learned_features(args: argparse.Namespace) -> dict:
+    """With calibration models the validation clicks are new to the SRM, so the learned
+    policy may read the SRM's own surprisal too (without, it stays off: see
+    `device.policies.learned.DEFAULT_SURPRISE_FEATURES`)."""
+    from device.policies.surprise import SURPRISE_MEASURES
+
+    return {"learned_surprise": SURPRISE_MEASURES} if args.calibration_llm else {}
 
 
 def _alphas(args: argparse.Namespace) -> tuple[float, ...]:

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from device.fusion import FUSIONS
+from device.policies import FeatureConfig
+from device.policies.learned import DEFAULT_SURPRISE_FEATURES
 from device.policies.surprise import REQUEST_MEASURES
 from shared.splits import StreamSplit
 from simulations.replay import (
@@ -40,12 +42,21 @@ class RequestRateConfig:
     goal_max_rate: float = 0.3  # the goal: at rates up to this …
     goal_ratio: float = 0.95  # … reach this share of always-request NDCG@10
     auc_draws: int = 200  # bootstrap draws of the measure-AUC table (0 = no table)
+    # surprise measures the learned policy reads (device.policies.learned); the SRM's own
+    # surprisal needs a validation stream of clicks new to the SRM (calibration models)
+    learned_surprise: tuple[str, ...] = DEFAULT_SURPRISE_FEATURES
+
+    def features(self) -> FeatureConfig:
+        """The learned policy's feature settings."""
+        return FeatureConfig(surprise=self.learned_surprise)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_rates", tuple(float(r) for r in self.target_rates))
         object.__setattr__(self, "families", tuple(self.families))
         object.__setattr__(self, "measures", tuple(self.measures))
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        object.__setattr__(self, "learned_surprise", tuple(self.learned_surprise))
+        self.features()  # validates the surprise names
         if self.alphas and (self.fusion != "lsc4rec" or not all(0 <= a <= 1 for a in self.alphas)):
             raise ValueError("alphas need the lsc4rec fusion and values in [0, 1]")
         if not self.target_rates or not all(0.0 <= r <= 1.0 for r in self.target_rates):

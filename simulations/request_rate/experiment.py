@@ -84,10 +84,17 @@ def run_request_rate(
     notes["reference_gaps"] = reference_gaps(results, points, indices, config.confidence)
     if config.auc_draws:
         progress_write("scoring every request measure's AUC on the test stream", enabled=progress)
+        features = config.features()
         learned = next((p.policy.model for p in points if p.family == "learned"), None)
-        learned = fit_learned(valid, fusion)[0] if learned is None else learned
+        learned = fit_learned(valid, fusion, features)[0] if learned is None else learned
         notes["auc"] = auc_table(
-            test, fusion, learned, topics, config.auc_draws, config.confidence, config.seed
+            test,
+            fusion,
+            (learned, features),
+            topics,
+            config.auc_draws,
+            config.confidence,
+            config.seed,
         )
     return ExperimentResult(rows, goal, results, notes)
 

@@ -119,8 +119,10 @@ def build_points(
             points += _calibrated_points(family, policy, table, valid, fusion, config)
     if "learned" in config.families:
         _say(progress, "training the learned policy on the validation stream")
-        model, table, notes["learned"] = fit_learned(valid, fusion)
-        policy = LearnedPolicy(model=model, seed=seed)
+        features = config.features()
+        model, table, notes["learned"] = fit_learned(valid, fusion, features)
+        policy = LearnedPolicy(model=model, feature_config=features, seed=seed)
+        notes["learned"]["features"] = list(features.names)
         notes["learned"]["weights"] = model.to_dict()["weights"]
         points += _calibrated_points("learned", policy, table, valid, fusion, config)
     return points, notes
