@@ -150,19 +150,44 @@ def observation_features(obs: PolicyObservation, config: FeatureConfig | None = 
     return features[0]
 
 
-def request_gain_labels(rank_cached: Any, rank_fresh: Any) -> np.ndarray:
-    """Training labels: would a fresh list have ranked the target strictly higher?
+LABELS = ("rank", "ndcg")  # what "a fresh list would have helped" means to the learned policy
+NDCG_MARGIN = 0.05  # "ndcg": NDCG@10 must rise by more than this (e.g. rank 3 -> 2: +0.13)
+
+
+def request_gain_labels(
+    rank_cached: Any, rank_fresh: Any, label: str = "rank", k: int = 10
+) -> np.ndarray:
+    """Training labels: would a fresh list have helped?
+
+    "rank": the fresh list ranks the target strictly higher (anywhere in the list).
+    "ndcg": the fresh list raises the target's NDCG@k by more than `NDCG_MARGIN`: only moves
+        the metric sees, and only clear ones, count (a rank 30 -> 25 move counts for "rank").
 
     Args:
         rank_cached: `[U]` 0-based target rank in the final list from the cached candidates
             (inf when absent).
         rank_fresh: `[U]` the same with a freshly requested list.
+        label: "rank" or "ndcg".
+        k: the NDCG cut-off of "ndcg".
     Returns:
         `[U]` float 0/1.
+    Raises:
+        ValueError: an unknown label.
     """
-    return (np.asarray(rank_fresh, np.float64) < np.asarray(rank_cached, np.float64)).astype(
-        np.float64
-    )
+    cached = np.asarray(rank_cached, np.float64)
+    fresh = np.asarray(rank_fresh, np.float64)
+    if label == "rank":
+        return (fresh < cached).astype(np.float64)
+    if label == "ndcg":
+        gain = _ndcg(fresh, k) - _ndcg(cached, k)
+        return (gain > NDCG_MARGIN).astype(np.float64)
+    raise ValueError(f"unknown label {label!r}; valid: {', '.join(LABELS)}")
+
+
+def _ndcg(ranks: np.ndarray, k: int) -> np.ndarray:
+    """NDCG@k of one relevant item at 0-based `ranks` (inf = absent)."""
+    hit = ranks < k
+    return np.where(hit, 1.0 / np.log2(np.where(hit, ranks, 0.0) + 2.0), 0.0)
 
 
 @dataclass

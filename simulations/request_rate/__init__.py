@@ -5,7 +5,10 @@ Curves (one point per target request rate, default 0.05, 0.1, 0.2, 0.3, 0.5, 0.8
     random(p)             p = the target rate (LSC4Rec's baseline)
     periodic(m)           the m whose rate on a T-step stream, ⌊(T−1)/m⌋ / T, is nearest
     consistency[measure]  rank_diff, kendall, topk, rbo, each calibrated to the rate
+    surprise[measure]     the device's surprise at the clicks since the fetch (drift, inner
+                          loss, the click's place in the list, …), calibrated to the rate
     learned               logistic regression on device features, calibrated to the rate
+    learned[ndcg]         the same, trained to spot a fresh list raising NDCG@10 by > 0.05
 
 References: `never` (the SRM reranking the never-refreshed initial list), `always` (a fresh
 list every step, fused), `llm_only` (a fresh list every step in the LLM's own order) and
@@ -18,7 +21,11 @@ stream, ending with the validation target). A policy's rate depends on its own r
 under one trajectory misses the target; instead the quantile level is bisected until a
 replay of the validation stream under the rule requests at the target rate. The learned
 policy trains on every reachable (step, held list) state of the validation stream with
-label "a fresh list would rank the target higher" (`request_gain_labels`).
+label "a fresh list would rank the target higher" (`request_gain_labels`), or "… raise its
+NDCG@10 by more than 0.05" for `learned[ndcg]`. The goal table picks, per target rate, the
+calibrated policy with the best validation NDCG@10 and compares it with random requests at
+the rate it actually reached on the test stream. A table of AUCs says how well each measure
+predicts a useful request (`simulations.request_rate.auc`).
 
 Each point reports the achieved request rate and HR/NDCG@5/10/20 with a percentile
 bootstrap interval over users (users resampled, the same draws for every point, so

@@ -83,23 +83,22 @@ def state_labels(
 def measure_scores(
     data: ReplayData,
     keep: np.ndarray,
-    learned: tuple[LogisticRegression, FeatureConfig] | None = None,
+    learned: dict[str, tuple[LogisticRegression, FeatureConfig]] | None = None,
     measures: Sequence[str] = REQUEST_MEASURES,
 ) -> dict[str, np.ndarray]:
-    """`[M]` scores of every measure (and the learned policy: its classifier and the
-    features it reads) at the scored states."""
+    """`[M]` scores of every measure (and of each learned policy: name -> its classifier and
+    the features it reads) at the scored states."""
     rows, steps, held = (index[keep] for index in state_index(data))
     scores = {name: measure_table(data, name)[rows, steps, held] for name in measures}
-    if learned is not None:
-        model, features = learned
-        scores["learned"] = model.predict_proba(feature_rows(data, features)[keep])
+    for name, (model, features) in (learned or {}).items():
+        scores[name] = model.predict_proba(feature_rows(data, features)[keep])
     return scores
 
 
 def auc_table(
     data: ReplayData,
     fusion: Fusion,
-    learned: tuple[LogisticRegression, FeatureConfig] | None = None,
+    learned: dict[str, tuple[LogisticRegression, FeatureConfig]] | None = None,
     topics: Sequence[np.ndarray] | None = None,
     draws: int = 200,
     confidence: float = 0.95,

@@ -104,9 +104,10 @@ def periodic_knobs(rates: Sequence[float], window: int) -> list[tuple[int, float
 
 
 def fit_learned(
-    valid: ReplayData, fusion: Fusion, config: FeatureConfig | None = None
+    valid: ReplayData, fusion: Fusion, config: FeatureConfig | None = None, label: str = "rank"
 ) -> tuple[LogisticRegression, np.ndarray, dict[str, float]]:
-    """Train the learned policy's classifier on the validation stream.
+    """Train the learned policy's classifier on the validation stream (`label`: what a useful
+    request is, see `request_gain_labels`).
 
     Returns:
         the fitted classifier, its `[U, T, T]` probability table on the validation stream,
@@ -115,7 +116,7 @@ def fit_learned(
     config = FeatureConfig() if config is None else config
     rows, steps, held = state_index(valid)
     ranks = valid.fused_ranks(fusion)  # [U, T, T]
-    labels = request_gain_labels(ranks[rows, steps, held], ranks[rows, steps, steps])
+    labels = request_gain_labels(ranks[rows, steps, held], ranks[rows, steps, steps], label)
     features = feature_rows(valid, config)  # [M, F]
     model = LogisticRegression().fit(features, labels)
     stats = {"examples": int(len(labels)), "positive_share": float(labels.mean())}

@@ -21,6 +21,7 @@ from simulations.replay import (
 )
 
 FAMILIES = ("random", "periodic", "consistency", "learned")
+LEARNED_LABELS = ("rank", "ndcg")  # one learned curve per label (device.policies.learned)
 CALIBRATED = ("consistency", "learned")
 REFERENCES = ("never", "always", "llm_only", "srm_only", "always_alpha_0.5")
 METRICS = tuple(f"{m}@{k}" for m in ("NDCG", "HR") for k in KS)

@@ -85,12 +85,13 @@ def run_request_rate(
     if config.auc_draws:
         progress_write("scoring every request measure's AUC on the test stream", enabled=progress)
         features = config.features()
-        learned = next((p.policy.model for p in points if p.family == "learned"), None)
-        learned = fit_learned(valid, fusion, features)[0] if learned is None else learned
+        learned = {p.family: p.policy.model for p in points if p.family.startswith("learned")}
+        if not learned:
+            learned = {"learned": fit_learned(valid, fusion, features)[0]}
         notes["auc"] = auc_table(
             test,
             fusion,
-            (learned, features),
+            {name: (model, features) for name, model in learned.items()},
             topics,
             config.auc_draws,
             config.confidence,

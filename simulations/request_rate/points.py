@@ -28,7 +28,7 @@ from simulations.request_rate.calibration import (
     periodic_knobs,
     simulate_rule,
 )
-from simulations.request_rate.config import RequestRateConfig
+from simulations.request_rate.config import LEARNED_LABELS, RequestRateConfig
 from simulations.request_rate.states import measure_table
 
 # ---------------------------------------------------------------- the points
@@ -118,13 +118,16 @@ def build_points(
             table = measure_table(valid, measure)
             points += _calibrated_points(family, policy, table, valid, fusion, config)
     if "learned" in config.families:
-        _say(progress, "training the learned policy on the validation stream")
         features = config.features()
-        model, table, notes["learned"] = fit_learned(valid, fusion, features)
-        policy = LearnedPolicy(model=model, feature_config=features, seed=seed)
-        notes["learned"]["features"] = list(features.names)
-        notes["learned"]["weights"] = model.to_dict()["weights"]
-        points += _calibrated_points("learned", policy, table, valid, fusion, config)
+        for label in LEARNED_LABELS:
+            family = "learned" if label == "rank" else f"learned[{label}]"
+            _say(progress, f"training {family} on the validation stream")
+            model, table, stats = fit_learned(valid, fusion, features, label)
+            policy = LearnedPolicy(model=model, feature_config=features, seed=seed)
+            stats["features"] = list(features.names)
+            stats["weights"] = model.to_dict()["weights"]
+            notes[family] = stats
+            points += _calibrated_points(family, policy, table, valid, fusion, config)
     return points, notes
 
 

@@ -277,3 +277,13 @@ def test_registry():
         build_policy("never", p=0.1)
     with pytest.raises(ValueError, match="unknown request measure"):
         ConsistencyPolicy(measure="cosine")
+
+
+def test_ndcg_labels_count_only_clear_moves_inside_the_top_10():
+    cached = [np.inf, 30.0, 3.0, 2.0, 9.0]
+    fresh = [1.0, 25.0, 2.0, 2.0, 8.0]
+    np.testing.assert_array_equal(request_gain_labels(cached, fresh), [1, 1, 1, 0, 1])
+    # 30 -> 25 is outside the top 10, 9 -> 8 raises NDCG@10 by 0.014 only
+    np.testing.assert_array_equal(request_gain_labels(cached, fresh, "ndcg"), [1, 0, 1, 0, 0])
+    with pytest.raises(ValueError, match="unknown label"):
+        request_gain_labels(cached, fresh, "hits")

@@ -296,7 +296,7 @@ def test_measure_auc_table_scores_every_measure_and_topic_switches(streams):
     )
     experiment = run_request_rate(test, valid, config, topics=dataset.latent_topics)
     table = experiment.notes["auc"]
-    assert [row["measure"] for row in table] == [*REQUEST_MEASURES, "learned"]
+    assert [row["measure"] for row in table] == [*REQUEST_MEASURES, "learned", "learned[ndcg]"]
     for row in table:
         for label in ("fresh_better", "topic_switch"):
             assert 0.0 <= row[f"{label}_lo"] <= row[f"{label}_hi"] <= 1.0
