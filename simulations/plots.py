@@ -12,6 +12,21 @@ REFERENCE_STYLES = {  # reference name -> (line style, colour)
     "srm_only": ("-.", "tab:olive"),
     "always_alpha_0.5": ("-", "tab:pink"),
 }
+MARKERS = {"random": "x", "periodic": "s", "consistency": "o", "surprise": "^", "learned": "D"}
+
+
+def _family_style(family: str, index: int) -> dict[str, Any]:
+    """Colour by position in tab20 (no two curves share one), marker by kind of policy."""
+    import matplotlib
+
+    colour = matplotlib.colormaps["tab20"](index % 20)
+    kind = family.split("[")[0]
+    width = 2.2 if kind == "learned" else 1.4  # the policy the goal table usually picks
+    return {"color": colour, "marker": MARKERS.get(kind, "o"), "linewidth": width}
+
+
+def _plain(family: str) -> str:
+    return family.replace("[", " (").replace("]", ")")
 
 
 def plot_request_rate(
@@ -51,7 +66,8 @@ def plot_request_rate(
             )
         else:
             curves.setdefault(row["policy"], []).append(row)
-    for family, points in curves.items():
+    for index, (family, points) in enumerate(curves.items()):
+        style = _family_style(family, index)
         points = sorted(points, key=lambda r: r["request_rate"])
         x = [r["request_rate"] for r in points]
         y = [r[metric] for r in points]
@@ -63,18 +79,17 @@ def plot_request_rate(
             x,
             y,
             yerr=err,
-            marker="o",
             markersize=4,
             capsize=2,
-            linewidth=1.4,
             elinewidth=0.7,  # thin interval bars keep overlapping curves readable
             alpha=0.9,
-            label=family,
+            label=_plain(family),
+            **style,
         )
         if "never" in refs and "always" in refs and refs["always"] != refs["never"]:
             gap = refs["always"] - refs["never"]
             share = [(v - refs["never"]) / gap for v in y]
-            share_ax.plot(x, share, marker="o", markersize=4, linewidth=1.4, label=family)
+            share_ax.plot(x, share, markersize=4, label=_plain(family), **style)
     share_ax.axhline(1.0, color="black", linewidth=1.0, label="always")
     share_ax.axhline(0.0, color="tab:gray", linestyle="--", linewidth=1.0, label="never")
     share_ax.set_xlabel("request rate (requests / steps)")
