@@ -2,7 +2,10 @@
 
 On one CPU thread, for each history length L, times one click as a device handles it:
 
-- `ttt4rec-onnx`: onnxruntime step graph (state in, state out) + scorer on 50 candidates;
+- `ttt4rec-onnx`: onnxruntime step graph (state in, state out, and the click's surprise) +
+  scorer on 50 candidates;
+- `ttt4rec-onnx-no-surprise`: the same with a step graph that only updates the state (what
+  the surprise costs; built here, the device always exports the graph with surprise);
 - `ttt4rec-torch`: the same with the torch model (`step` + `score_features`);
 - `ttt4rec-recompute`: TTT4Rec re-reading the whole history (`score`), for reference;
 - `sasrec-recompute`: SASRec re-encoding the last L clicks and scoring 50 candidates.
@@ -26,13 +29,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import torch
 
 from device.models.sasrec import SASRec, SASRecConfig
-from device.models.ttt4rec import TTT4Rec, TTT4RecConfig
-from device.onnx_export import export_scorer, export_step
-from device.onnx_runtime import OnnxTTT4Rec
+from device.models.ttt4rec import TTT4Rec, TTT4RecConfig, TTT4RecState
+from device.onnx_export import _export, export_scorer, export_step, state_output_names
+from device.onnx_runtime import OnnxTTT4Rec, session_options
 
 BUDGET_P50_MS = 0.1  # ONNX step + rerank of 50 candidates (docs/design.md §5)
 BUDGET_SPEEDUP_AT_50 = 5.0  # vs SASRec recomputing a 50-click history
@@ -97,6 +101,51 @@ def bench_ttt_onnx(runner, model, history, stream, candidates, args) -> tuple[fl
     return time_calls(click, args.iters, args.warmup)
 
 
+class _PlainStep(torch.nn.Module):
+    """The step graph without the surprise outputs: state in, state out."""
+
+    def __init__(self, model: TTT4Rec) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, weight, bias, grad_weight, grad_bias, pos, feature, recent, items):
+        state = TTT4RecState(weight, bias, grad_weight, grad_bias, pos, feature, recent)
+        return self.model.step(state, items)[0].tensors()
+
+
+def plain_step_session(model: TTT4Rec, path: Path) -> ort.InferenceSession:
+    state = model.init_state(2)
+    names = [*TTT4RecState.names(), "items"]
+    batch = torch.export.Dim("batch")
+    with torch.no_grad():
+        args = (*state.tensors(), torch.tensor([1, 0]))
+        dynamic = {name: {0: batch} for name in names}
+        _export(_PlainStep(model), args, path, names, list(state_output_names()), dynamic)
+    return ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
+
+
+def bench_onnx_no_surprise(session, runner, model, history, stream, candidates, args):
+    """As `bench_ttt_onnx`, with the state round trip `OnnxTTT4Rec.step` does (torch state in,
+    numpy feeds, torch state out), so only the graph differs."""
+    state, _ = model.encode_with_state(history)
+    holder = {"state": state}
+    outputs = list(state_output_names())
+    items, cands = stream.numpy(), candidates.numpy()
+    dtypes = [np.int64 if name == "pos" else np.float32 for name in TTT4RecState.names()]
+
+    def click(i: int) -> object:
+        feeds = {
+            name: tensor.detach().numpy().astype(dtype, copy=False)
+            for name, dtype, tensor in zip(TTT4RecState.names(), dtypes, holder["state"].tensors())
+        }
+        feeds["items"] = items[i : i + 1]
+        result = session.run(outputs, feeds)
+        holder["state"] = TTT4RecState(*(torch.from_numpy(array) for array in result))
+        return runner.score_features(holder["state"].feature, cands)
+
+    return time_calls(click, args.iters, args.warmup)
+
+
 def bench_recompute(model, history, stream, candidates, args) -> tuple[float, float]:
     """A model that re-reads its last L clicks on every click, then scores the candidates."""
     window = history.clone()
@@ -123,6 +172,7 @@ def run(args: argparse.Namespace) -> dict:
         paths = export_step(ttt, Path(folder) / "step.onnx")
         scorer = export_scorer(ttt, Path(folder) / "scorer.onnx")
         runner = OnnxTTT4Rec(paths, scorer, num_threads=1)
+        plain = plain_step_session(ttt.float(), Path(folder) / "plain_step.onnx")
     candidates = torch.randint(1, args.num_items + 1, (1, args.candidates), generator=generator)
     stream = torch.randint(1, args.num_items + 1, (total,), generator=generator)
     rows: list[Row] = []
@@ -135,6 +185,9 @@ def run(args: argparse.Namespace) -> dict:
             sasrec = SASRec(sasrec_config).eval()
             timings = {
                 "ttt4rec-onnx": bench_ttt_onnx(runner, ttt, history, stream, candidates, args),
+                "ttt4rec-onnx-no-surprise": bench_onnx_no_surprise(
+                    plain, runner, ttt, history, stream, candidates, args
+                ),
                 "ttt4rec-torch": bench_ttt_torch(ttt, history, stream, candidates, args),
                 "ttt4rec-recompute": bench_recompute(ttt, history, stream, candidates, args),
                 "sasrec-recompute": bench_recompute(sasrec, history, stream, candidates, args),
@@ -179,12 +232,12 @@ def environment() -> dict:
 
 
 def print_table(result: dict) -> None:
-    header = f"{'method':<20}{'history':>8}{'p50 ms':>10}{'p95 ms':>10}{'x onnx':>9}"
+    header = f"{'method':<26}{'history':>8}{'p50 ms':>10}{'p95 ms':>10}{'x onnx':>9}"
     print(header)
     print("-" * len(header))
     for row in result["rows"]:
         print(
-            f"{row['method']:<20}{row['history']:>8}{row['p50_ms']:>10.4f}"
+            f"{row['method']:<26}{row['history']:>8}{row['p50_ms']:>10.4f}"
             f"{row['p95_ms']:>10.4f}{row['ratio_vs_onnx']:>9.1f}"
         )
     print()
