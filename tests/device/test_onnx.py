@@ -134,3 +134,30 @@ def test_step_graph_reports_the_surprise_torch_does(model, runner):
         onnx_state, _, surprise = runner.step_with_surprise(onnx_state, history[:, t])
         torch.testing.assert_close(surprise, expected.float(), rtol=1e-3, atol=2e-4)
     assert (surprise[:, 3] > 0).all() and (surprise[:, 4] > 0).all()  # drift, inner loss
+
+
+def test_device_step_benchmark_runs_every_method(tmp_path, monkeypatch):
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "benchmarks" / "device_step.py"
+    spec = importlib.util.spec_from_file_location("device_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "device_step", bench)  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    out = tmp_path / "step.json"
+    argv = ["--lengths", "4", "8", "--num-items", "30", "--hidden", "16", "--candidates", "5"]
+    bench.main([*argv, "--iters", "5", "--warmup", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    methods = {row["method"] for row in result["rows"]}
+    assert methods == {
+        "ttt4rec-onnx",
+        "ttt4rec-onnx-no-surprise",
+        "ttt4rec-torch",
+        "ttt4rec-recompute",
+        "sasrec-recompute",
+    }
+    assert all(row["p50_ms"] > 0 for row in result["rows"])
+    assert "onnx_p50_within_budget" in result["checks"]
