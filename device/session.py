@@ -172,11 +172,9 @@ class HistoryRunner:
         size = self.num_items
         if not size:
             raise ValueError("the model's config does not give its catalogue size (num_items)")
-        logits = self.score_items(None, history, np.arange(size + 1))  # [I]
-        logits[0] = 0.0  # padding; ignored by catalogue_surprise
-        logit, nll, rank = catalogue_surprise(
-            torch.as_tensor(logits)[None], torch.tensor([item], dtype=torch.long)
-        )
+        logits = torch.as_tensor(self.score_items(None, history, np.arange(1, size + 1)))
+        logit = logits[item - 1 : item]  # [1]
+        nll, rank = catalogue_surprise(logits[None], logit)
         if self._table is None:
             self._table = self.model.all_item_features().double()  # [I, D]
         recent = np.asarray(history, dtype=np.int64)[-self.drift_window :]

@@ -25,38 +25,35 @@ SURPRISE_COLUMNS: tuple[str, ...] = ("logit", "nll", "catalogue_rank", "drift", 
 
 
 def catalogue_surprise(
-    logits: torch.Tensor, clicks: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The click's logit, its surprisal and its rank share over the catalogue.
+    logits: torch.Tensor, click_logit: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The click's surprisal and its rank share over the catalogue.
 
     Args:
-        logits: `[B, I]` the SRM's logits of every item (column 0, padding, is ignored).
-        clicks: `[B]` clicked ids (>= 1).
+        logits: `[B, I − 1]` the SRM's logits of every item 1..I−1 (no padding column).
+        click_logit: `[B]` the logit of the click (one of those items).
     Returns:
-        `[B]` logit, `[B]` −log softmax over items 1..I−1, `[B]` share of those items
-        scored strictly above the click.
+        `[B]` −log softmax of the click over the items, `[B]` share of the items scored
+        strictly above it.
     """
-    items = logits[:, 1:]  # [B, I − 1]
-    logit = logits.gather(1, clicks.view(-1, 1)).squeeze(1)  # [B]
-    nll = torch.logsumexp(items, dim=1) - logit
-    above = (items > logit.unsqueeze(1)).to(logits.dtype).mean(dim=1)
-    return logit, nll, above
-
-
-def recent_mean(recent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean of the filled rows of a `[B, R, D]` buffer (empty rows are all zero) and `[B]`
-    whether any row is filled."""
-    filled = recent.abs().sum(dim=-1) > 0  # [B, R]
-    count = filled.sum(dim=1, keepdim=True).clamp_min(1).to(recent.dtype)  # [B, 1]
-    return recent.sum(dim=1) / count, filled.any(dim=1)
+    nll = torch.logsumexp(logits, dim=1) - click_logit
+    above = (logits > click_logit.unsqueeze(1)).to(logits.dtype).mean(dim=1)
+    return nll, above
 
 
 def feature_drift(click_features: torch.Tensor, recent: torch.Tensor) -> torch.Tensor:
     """`[B]` cosine distance between `F_t(click) [B, D]` and the mean of the last clicks'
-    `F_t` (`recent [B, R, D]`); 0 before any click (nothing to drift from)."""
-    mean, any_filled = recent_mean(recent)
-    cosine = F.cosine_similarity(click_features, mean, dim=-1, eps=1e-8)
-    return torch.where(any_filled, 1.0 - cosine, torch.zeros_like(cosine))
+    `F_t` (`recent [B, R, D]`, empty rows all zero); 0 before any click (nothing to drift from).
+
+    The cosine is blind to scale, so the sum of the rows stands in for their mean and the
+    number of filled rows is never needed (fewer nodes in the exported step graph).
+    """
+    total = recent.sum(dim=1)  # [B, D]
+    norm = torch.linalg.vector_norm(total, dim=-1)  # [B]
+    click_norm = torch.linalg.vector_norm(click_features, dim=-1)
+    dot = (click_features * total).sum(dim=-1)
+    cosine = dot / (click_norm.clamp_min(1e-8) * norm.clamp_min(1e-8))
+    return torch.where(norm > 0, 1.0 - cosine, torch.zeros_like(cosine))
 
 
 def push_recent(recent: torch.Tensor, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

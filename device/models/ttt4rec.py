@@ -369,7 +369,10 @@ class TTT4Rec(SequentialRecommender):
             `device.models.surprise.SURPRISE_COLUMNS` order.
         """
         table = self.all_item_features() if item_table is None else item_table  # [I, D]
-        logit, nll, rank = catalogue_surprise(state.feature @ table.t(), items)
+        logits = state.feature @ table[1:].t()  # [B, I − 1]: items 1..I−1
+        # the click's logit from the same product, so it never ranks above itself
+        logit = logits.gather(1, (items - 1).clamp_min(0).unsqueeze(1)).squeeze(1)  # [B]
+        nll, rank = catalogue_surprise(logits, logit)
         drift = feature_drift(table[items], state.recent)
         new_state, features, inner_loss = self._step(state, items, with_loss=True)
         return new_state, features, stack_surprise(logit, nll, rank, drift, inner_loss)
