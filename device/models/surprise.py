@@ -19,7 +19,6 @@ Letters used in shape comments:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 SURPRISE_COLUMNS: tuple[str, ...] = ("logit", "nll", "catalogue_rank", "drift", "inner_loss")
 
