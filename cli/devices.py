@@ -41,7 +41,8 @@ def add_parser(subparsers) -> None:
         "--policy",
         default="always",
         metavar="SPEC",
-        help="never | always | random:P | periodic:M | consistency[:MEASURE]:THRESHOLD",
+        help="never | always | random:P | periodic:M | consistency[:MEASURE]:THRESHOLD | "
+        "surprise:MEASURE:THRESHOLD (e.g. surprise:drift_mean:0.3)",
     )
     parser.add_argument("--fusion", default="lsc4rec", help="device fusion (default lsc4rec)")
     parser.add_argument("--seed", type=int, default=0, help="policies' random streams")

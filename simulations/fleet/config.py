@@ -9,6 +9,7 @@ from typing import Any
 from device.client import ClientConfig
 from device.fusion import build_fusion
 from device.policies import build_policy
+from device.policies.surprise import SURPRISE_MEASURES
 
 BACKENDS = ("process", "thread", "ray")
 RAY_HINT = "pip install 'lsc4rec[ray]'"
@@ -76,7 +77,8 @@ class FleetConfig:
 
 def parse_policy(spec: str, seed: int = 0):
     """A request policy from a spec: `never`, `always`, `random:P`, `periodic:M`,
-    `consistency:THRESHOLD` or `consistency:MEASURE:THRESHOLD`.
+    `consistency:THRESHOLD`, `consistency:MEASURE:THRESHOLD` or `surprise:MEASURE:THRESHOLD`
+    (a surprise measure such as `drift_mean`, `device.policies.surprise`).
 
     Raises:
         ValueError: unknown name, wrong number of fields, or a bad value (the message names
@@ -95,8 +97,14 @@ def parse_policy(spec: str, seed: int = 0):
         elif name == "consistency" and len(args) in (1, 2):
             fields["threshold"] = float(args[-1])
             fields["measure"] = args[0] if len(args) == 2 else "rank_diff"
+        elif name == "surprise" and len(args) == 2:
+            if args[0] not in SURPRISE_MEASURES:
+                raise ValueError(f"unknown surprise measure {args[0]!r}")
+            name, fields["measure"], fields["threshold"] = "consistency", args[0], float(args[1])
         else:
-            raise ValueError("expected never, always, random:P, periodic:M or consistency[:M]:T")
+            raise ValueError(
+                "expected never, always, random:P, periodic:M, consistency[:M]:T or surprise:M:T"
+            )
         return build_policy(name, seed=seed, **fields)
     except (ValueError, KeyError) as err:
         raise ValueError(f"bad policy spec {spec!r}: {err}") from None

@@ -173,7 +173,10 @@ def test_policy_specs_and_config_errors(srm_dir):
     assert parse_policy("periodic:5").m == 5
     assert parse_policy("consistency:0.5").threshold == 0.5
     assert parse_policy("consistency:kendall:0.1").measure.name == "kendall"
-    for bad in ("sometimes", "random", "random:x", "random:2", "periodic:0", "consistency:a:b"):
+    surprise = parse_policy("surprise:drift_mean:0.3")
+    assert (surprise.measure.name, surprise.threshold) == ("drift_mean", 0.3)
+    bad_specs = ("sometimes", "random", "random:x", "random:2", "periodic:0", "consistency:a:b")
+    for bad in (*bad_specs, "surprise:kendall:0.3", "surprise:0.3"):
         with pytest.raises(ValueError, match="bad policy spec"):
             parse_policy(bad)
     with pytest.raises(ValueError, match="backend"):
