@@ -35,13 +35,12 @@ import numpy as np
 import torch
 
 from device.fusion import Fusion, RankSigmoidFusion, rerank
-from device.models.surprise import catalogue_surprise, feature_drift
+from device.models.surprise import DRIFT_WINDOW, catalogue_surprise, feature_drift
 from device.policies import AlwaysPolicy, PolicyObservation, RequestPolicy
-from device.policies.surprise import CLICK_COLUMNS, click_row, list_columns
+from device.policies.surprise import click_row, empty_rows, list_columns
 from shared.candidates import CandidateList
 
 FetchFn = Callable[[np.ndarray], Any]  # -> CandidateList | a FetchResult-like | None
-DRIFT_WINDOW = 4  # models without a carried state: clicks the drift is measured against
 
 
 class FetchError(RuntimeError):
@@ -381,9 +380,7 @@ class DeviceSession:
         alone when none came since, or while no list is held; empty before any click)."""
         start = len(self._surprise) if self.cached is None else self.cached.clicks_at_fetch
         rows = self._surprise[start:] or self._surprise[-1:]
-        if not rows:
-            return np.zeros((0, len(CLICK_COLUMNS)))
-        return np.stack(rows)
+        return np.stack(rows) if rows else empty_rows()
 
     def observe(self, click: int) -> None:
         """Record one click: the history grows and the SRM state takes its step.

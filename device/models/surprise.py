@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 SURPRISE_COLUMNS: tuple[str, ...] = ("logit", "nll", "catalogue_rank", "drift", "inner_loss")
+DRIFT_WINDOW = 4  # last clicks whose mean F_t a click's drift is measured from
 
 
 def catalogue_surprise(

@@ -28,6 +28,7 @@ from torch import nn
 
 from device.models.base import SequentialRecommender, SRMConfig, compact_history, gather_last
 from device.models.surprise import (
+    DRIFT_WINDOW,
     catalogue_surprise,
     feature_drift,
     push_recent,
@@ -52,7 +53,7 @@ class TTT4RecConfig(SRMConfig):
     use_gate: bool = False  # gelu gate before the TTT output projection (Mamba variant)
     use_rope: bool = True  # RoPE on Q, K inside the mini-batch, as published
     intermediate_size: int = 128  # SwiGLU hidden width (2·D by default)
-    drift_window: int = 4  # R: last clicks whose mean F_t the drift of a new click is taken from
+    drift_window: int = DRIFT_WINDOW  # R: last clicks the drift of a new click is taken from
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -19,6 +19,7 @@ from device.fusion import as_batch, list_ranks, sigmoid
 from device.policies.base import PolicyObservation, RequestPolicy
 from device.policies.calibration import ThresholdRule, calibrate_rule
 from device.policies.surprise import CLICK_COLUMNS, SurpriseMeasure, observation_rows
+from shared.metrics import ndcg
 
 # ---------------------------------------------------------------- the learned policy
 
@@ -179,15 +180,9 @@ def request_gain_labels(
     if label == "rank":
         return (fresh < cached).astype(np.float64)
     if label == "ndcg":
-        gain = _ndcg(fresh, k) - _ndcg(cached, k)
+        gain = ndcg(fresh, k) - ndcg(cached, k)
         return (gain > NDCG_MARGIN).astype(np.float64)
     raise ValueError(f"unknown label {label!r}; valid: {', '.join(LABELS)}")
-
-
-def _ndcg(ranks: np.ndarray, k: int) -> np.ndarray:
-    """NDCG@k of one relevant item at 0-based `ranks` (inf = absent)."""
-    hit = ranks < k
-    return np.where(hit, 1.0 / np.log2(np.where(hit, ranks, 0.0) + 2.0), 0.0)
 
 
 @dataclass

@@ -109,10 +109,8 @@ class SurpriseMeasure:
         return (mean if self.smoothed else last)[:, self.column]
 
     def observe(self, obs: Any) -> float:
-        rows = np.asarray(obs.surprise, np.float64)
-        if rows.shape[0] == 0:
-            return 0.0
-        return float(rows[:, self.column].mean() if self.smoothed else rows[-1, self.column])
+        last, mean = observation_rows(np.asarray(obs.surprise, np.float64))
+        return float(self.from_rows(last[None], mean[None])[0])
 
 
 SURPRISE_MEASURES: tuple[str, ...] = (*_COLUMN_OF, *(f"{name}_mean" for name in _COLUMN_OF))

@@ -25,6 +25,7 @@ from device.policies import FeatureConfig, LogisticRegression
 from device.policies.surprise import REQUEST_MEASURES
 from simulations.replay import ReplayData
 from simulations.request_rate.states import feature_rows, measure_table, state_index
+from simulations.request_rate.statistics import bootstrap_indices
 
 LABELS = ("fresh_better", "topic_switch")
 
@@ -112,10 +113,9 @@ def auc_table(
     states = state_labels(data, fusion, topics)
     scores = measure_scores(data, states.keep, learned)
     by_user = [np.flatnonzero(states.rows == row) for row in range(data.num_users)]
-    rng = np.random.default_rng([seed, 7])
-    samples = [
-        np.concatenate([by_user[u] for u in rng.integers(0, data.num_users, data.num_users)])
-        for _ in range(draws)
+    samples = [  # the states of each resample's users (the sweep's own resampling)
+        np.concatenate([by_user[u] for u in users])
+        for users in bootstrap_indices(data.num_users, draws, seed)
     ]
     tail = (1.0 - confidence) / 2.0
     table = []
