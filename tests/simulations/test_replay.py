@@ -306,3 +306,14 @@ def test_learned_policy_with_surprise_features_replays_as_devices_run_it(srm, da
     via_model = replay_sessions(data, policy, runner_factory=lambda row: make_runner(srm))
     np.testing.assert_array_equal(via_model.requested, fast.requested)
     assert 0.0 < fast.request_rate < 1.0
+
+
+def test_state_tables_give_the_rows_each_device_state_sees(data):
+    from simulations.request_rate.states import state_index, surprise_state_rows
+
+    rows, steps, held = state_index(data)
+    last, mean = surprise_state_rows(data, rows, steps, held)
+    for i in range(0, len(rows), 7):
+        seen = data.surprise_rows(rows[i], steps[i], held[i])
+        np.testing.assert_allclose(last[i], seen[-1])
+        np.testing.assert_allclose(mean[i], seen.mean(axis=0))
