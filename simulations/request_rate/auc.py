@@ -91,8 +91,11 @@ def measure_scores(
     the features it reads) at the scored states."""
     rows, steps, held = (index[keep] for index in state_index(data))
     scores = {name: measure_table(data, name)[rows, steps, held] for name in measures}
+    tables: dict[FeatureConfig, np.ndarray] = {}  # learned policies share their features
     for name, (model, features) in (learned or {}).items():
-        scores[name] = model.predict_proba(feature_rows(data, features)[keep])
+        if features not in tables:
+            tables[features] = feature_rows(data, features)[keep]
+        scores[name] = model.predict_proba(tables[features])
     return scores
 
 

@@ -104,10 +104,15 @@ def periodic_knobs(rates: Sequence[float], window: int) -> list[tuple[int, float
 
 
 def fit_learned(
-    valid: ReplayData, fusion: Fusion, config: FeatureConfig | None = None, label: str = "rank"
+    valid: ReplayData,
+    fusion: Fusion,
+    config: FeatureConfig | None = None,
+    label: str = "rank",
+    features: np.ndarray | None = None,
 ) -> tuple[LogisticRegression, np.ndarray, dict[str, float]]:
     """Train the learned policy's classifier on the validation stream (`label`: what a useful
-    request is, see `request_gain_labels`).
+    request is, see `request_gain_labels`; `features`: `feature_rows(valid, config)` when the
+    caller already has them, e.g. to fit several labels).
 
     Returns:
         the fitted classifier, its `[U, T, T]` probability table on the validation stream,
@@ -117,7 +122,7 @@ def fit_learned(
     rows, steps, held = state_index(valid)
     ranks = valid.fused_ranks(fusion)  # [U, T, T]
     labels = request_gain_labels(ranks[rows, steps, held], ranks[rows, steps, steps], label)
-    features = feature_rows(valid, config)  # [M, F]
+    features = feature_rows(valid, config) if features is None else features  # [M, F]
     model = LogisticRegression().fit(features, labels)
     stats = {"examples": int(len(labels)), "positive_share": float(labels.mean())}
     return model, to_table(valid, model.predict_proba(features)), stats

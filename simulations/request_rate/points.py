@@ -29,7 +29,7 @@ from simulations.request_rate.calibration import (
     simulate_rule,
 )
 from simulations.request_rate.config import LEARNED_LABELS, RequestRateConfig
-from simulations.request_rate.states import measure_table
+from simulations.request_rate.states import feature_rows, measure_table
 
 # ---------------------------------------------------------------- the points
 
@@ -119,10 +119,11 @@ def build_points(
             points += _calibrated_points(family, policy, table, valid, fusion, config)
     if "learned" in config.families:
         features = config.features()
+        rows = feature_rows(valid, features)  # shared by the labels
         for label in LEARNED_LABELS:
             family = "learned" if label == "rank" else f"learned[{label}]"
             _say(progress, f"training {family} on the validation stream")
-            model, table, stats = fit_learned(valid, fusion, features, label)
+            model, table, stats = fit_learned(valid, fusion, features, label, rows)
             policy = LearnedPolicy(model=model, feature_config=features, seed=seed)
             stats["features"] = list(features.names)
             stats["weights"] = model.to_dict()["weights"]
