@@ -5,6 +5,7 @@
 #
 #   make lock         refresh requirements/lock.txt to the newest versions the ranges allow
 #   make test-latest  run the tests in .venv-latest on those newest versions (run it first)
+#   make mutations    plant known bugs in a copy of the tree and check the tests catch each
 
 SHELL := /bin/bash
 PY ?= python3
@@ -27,7 +28,7 @@ endif
 # The packages the closing check of `make test-latest` names.
 KEY_PACKAGES := torch transformers peft grpcio protobuf onnxruntime
 
-.PHONY: install demo test test-all test-latest lock lint clean
+.PHONY: install demo test test-all test-latest lock lint mutations clean
 
 $(BIN)/lsc4rec: pyproject.toml $(LOCK) $(TORCH)
 	@if [ -z "$$VIRTUAL_ENV" ] && [ ! -x "$(VENV)/bin/python" ]; then $(PY) -m venv $(VENV); fi
@@ -50,6 +51,10 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -m ''
+
+# Plant known bugs one at a time in a copy of the tree; the tests guarding each must fail.
+mutations: install
+	$(BIN)/python tests/mutations.py
 
 # A fresh environment with the newest release every declared range allows (torch stays the
 # pinned CPU build): the check to run before `make lock`.

@@ -8,6 +8,8 @@ load transformers). Every `import` counts, at module level or inside a function.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,8 @@ LAYERS = {
     "benchmarks": 3,
 }
 FORBIDDEN = {("device", "cloud")}  # (importer package, imported package)
+# Libraries a device never loads: the cloud's model stack.
+DEVICE_FORBIDDEN_LIBRARIES = ("transformers", "peft")
 
 
 def module_name(path: Path) -> str:
@@ -30,20 +34,33 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def project_imports(path: Path) -> set[str]:
-    """Modules of this project that `path` imports (absolute imports; the layout has no
-    relative ones)."""
+def imported_names(path: Path) -> set[str]:
+    """Every module `path` imports: `import` statements, at module level or in a function,
+    and `importlib.import_module("…")` / `__import__("…")` calls with a literal name."""
     tree = ast.parse(path.read_text(), filename=str(path))
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
+            found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        found |= {n for n in names if n.split(".")[0] in LAYERS}
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Call) and _is_dynamic_import(node.func) and node.args:
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                found.add(first.value)
     return found
+
+
+def _is_dynamic_import(func: ast.expr) -> bool:
+    if isinstance(func, ast.Name):
+        return func.id in ("__import__", "import_module")
+    return isinstance(func, ast.Attribute) and func.attr == "import_module"
+
+
+def project_imports(path: Path) -> set[str]:
+    """Modules of this project that `path` imports (absolute imports; the layout has no
+    relative ones)."""
+    return {n for n in imported_names(path) if n.split(".")[0] in LAYERS}
 
 
 def graph() -> dict[str, set[str]]:
@@ -111,3 +128,52 @@ def test_no_import_cycle():
 )
 def test_the_cycle_finder_finds_cycles(edges, cycle):
     assert find_cycle(edges) == cycle
+
+
+def device_side_modules(edges: dict[str, set[str]]) -> set[str]:
+    """The device package and every project module it imports, directly or not."""
+    seen, todo = set(), [m for m in edges if m.split(".")[0] == "device"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += edges.get(module, ())
+    return seen
+
+
+def test_the_device_side_never_names_the_cloud_model_libraries():
+    modules = {module_name(p): p for pkg in LAYERS for p in (ROOT / pkg).rglob("*.py")}
+    wrong = [
+        f"{module} imports {name}"
+        for module in sorted(device_side_modules(graph()))
+        for name in imported_names(modules[module])
+        if name.split(".")[0] in DEVICE_FORBIDDEN_LIBRARIES
+    ]
+    assert wrong == []
+
+
+def test_importing_every_device_module_loads_no_cloud_model_library():
+    """What the interpreter really loads (a library can arrive through another one)."""
+    names = sorted(module_name(p) for p in (ROOT / "device").rglob("*.py"))
+    code = (
+        "import importlib, sys\n"
+        f"for name in {names!r}: importlib.import_module(name)\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {DEVICE_FORBIDDEN_LIBRARIES!r}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import importlib\nimportlib.import_module('cloud.base')\n",
+        "from importlib import import_module\ndef f():\n    return import_module('cloud')\n",
+        "__import__('cloud.server')\n",
+    ],
+)
+def test_dynamic_imports_are_seen(tmp_path, source):
+    path = tmp_path / "probe.py"
+    path.write_text(source)
+    assert {n.split(".")[0] for n in project_imports(path)} == {"cloud"}

@@ -57,6 +57,24 @@ def test_top_n_is_exact_over_the_items_outside_the_history(generator):
     np.testing.assert_allclose(found.scores, log_probs[expected - 1], rtol=1e-5)
 
 
+def test_top_n_matches_a_plain_forward_pass_over_a_long_history(generator):
+    """Brute force without the model's own scoring path: the decoder run by hand on the last
+    max_len clicks, the state after the newest click, every clicked item removed."""
+    rng = np.random.default_rng(7)
+    history = rng.integers(1, generator.num_items + 1, size=3 * generator.config.max_len)
+    found = generator.generate([history], n=15)[0]
+    model = generator.model.eval()
+    with torch.no_grad():
+        features = model.all_item_features()  # [N, D] the input and output item vectors
+        window = torch.from_numpy(history[-generator.config.max_len :])[None]  # [1, L]
+        hidden = model.lm.model(inputs_embeds=features[window]).last_hidden_state[0, -1]
+        log_probs = torch.log_softmax(hidden @ features[1:].t(), dim=-1).numpy()
+    log_probs[np.unique(history) - 1] = -np.inf  # the whole history, not only the window
+    expected = np.argsort(-log_probs, kind="stable")[:15] + 1
+    assert found.items.tolist() == expected.tolist()
+    np.testing.assert_allclose(found.scores, log_probs[expected - 1], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(("history", "n", "message"), [([], 5, "empty"), ([0], 5, "unknown item"),
                          ([1, 2], 0, "n must be"), ([1], 10**6, "larger than")])  # fmt: skip
 def test_bad_requests_raise_value_error(generator, history, n, message):

@@ -436,6 +436,22 @@ def test_unparsable_requests_are_invalid_argument(start_server, generator, metho
     assert_valid(stub.GetCandidates(req([1, 2]), timeout=TIMEOUT), [1, 2], N, 120)
 
 
+@pytest.mark.parametrize("payload", [b"\x0a\x05ab", b"\x0a\x02\xff\xfe"])
+def test_malformed_health_watch_is_invalid_argument(start_server, generator, payload):
+    """The streamed branch of the guard: a health Watch whose request does not parse (a length
+    past the end, a service name that is not UTF-8), then a good Watch still streams."""
+    _, _, channel = start_server(generator)
+    raw = channel.unary_stream("/grpc.health.v1.Health/Watch")  # bytes in, bytes out
+    with pytest.raises(grpc.RpcError) as caught:
+        next(iter(raw(payload, timeout=TIMEOUT)))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed request" in caught.value.details()
+    health = health_pb2_grpc.HealthStub(channel)
+    watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+    assert next(watch).status == SERVING
+    watch.cancel()
+
+
 def test_full_queue_answers_resource_exhausted(start_server, generator):
     gated = GatedGenerator(generator)
     config = ServerConfig(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -9,6 +10,9 @@ import torch
 from device.models.ttt4rec import TTT4Rec, TTT4RecConfig, TTT4RecState
 from device.onnx_export import FORBIDDEN_OPS, export_scorer, export_step
 from device.onnx_runtime import OnnxTTT4Rec
+from device.policies import NeverPolicy
+from device.session import DeviceSession, make_runner
+from shared.candidates import CandidateList
 
 torch.set_num_threads(1)
 
@@ -161,3 +165,21 @@ def test_device_step_benchmark_runs_every_method(tmp_path, monkeypatch):
     }
     assert all(row["p50_ms"] > 0 for row in result["rows"])
     assert "onnx_p50_within_budget" in result["checks"]
+
+
+def test_onnx_runtime_plugs_into_the_same_session(model, runner):
+    """A device session on the ONNX graphs shows what one on the torch model shows."""
+    items = np.arange(1, 21, dtype=np.int64)
+    listed = CandidateList(items, -np.arange(20, dtype=np.float32), "v1")
+    sessions = [
+        DeviceSession(make_runner(srm), NeverPolicy(), candidates=listed) for srm in (model, runner)
+    ]
+    for click in [22, 35, 23, 40, 21, 30, 2, 57]:
+        for session in sessions:
+            session.observe(click)
+    torch_session, onnx_session = sessions
+    np.testing.assert_allclose(onnx_session.srm_logits(), torch_session.srm_logits(), atol=1e-4)
+    assert onnx_session.recommend(k=5).tolist() == torch_session.recommend(k=5).tolist()
+    np.testing.assert_allclose(
+        onnx_session.surprise_rows(), torch_session.surprise_rows(), rtol=1e-4, atol=1e-4
+    )

@@ -25,7 +25,6 @@ from device.policies import (
     calibrate_rule,
     calibrate_threshold,
     observation_features,
-    request_features,
     request_gain_labels,
 )
 
@@ -213,24 +212,11 @@ def toy_stream(users: int, seed: int) -> tuple[list[PolicyObservation], np.ndarr
     return observations, labels.astype(float)
 
 
-def test_features_batch_equals_single_observation():
-    observations, _ = toy_stream(5, seed=0)
-    for obs in observations:
-        one = observation_features(obs)
-        batch = request_features(
-            obs.items[None],
-            obs.srm_logits[None],
-            obs.valid[None],
-            obs.recent(5)[None],
-            [obs.steps_since_request],
-        )
-        np.testing.assert_allclose(batch[0], one)
-        assert one.shape == (len(FEATURE_NAMES),)
-
-
 def test_feature_values_on_a_hand_made_observation():
     obs = observation(since=3, logits=np.zeros(N), history=[1, 2, 500, 600, 700])
-    values = dict(zip(FEATURE_NAMES, observation_features(obs)))
+    features = observation_features(obs)
+    assert features.shape == (len(FEATURE_NAMES),)
+    values = dict(zip(FEATURE_NAMES, features))
     assert values["log_list_age"] == pytest.approx(np.log(4.0))
     assert values["recent_overlap"] == pytest.approx(2 / 5)  # items 1 and 2 are in the list
     assert values["valid_fraction"] == pytest.approx(18 / 20)

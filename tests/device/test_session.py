@@ -249,25 +249,6 @@ def test_session_validation(ttt):
         SessionConfig(backoff_steps=4, max_backoff_steps=2)
 
 
-@pytest.mark.slow  # ONNX export takes several seconds; tests/device/test_onnx.py covers the graphs
-def test_onnx_runtime_plugs_into_the_same_session(ttt, tmp_path):
-    onnx_export = pytest.importorskip("device.onnx_export")
-    from device.onnx_runtime import OnnxTTT4Rec
-
-    step_path = onnx_export.export_step(ttt, tmp_path / "step.onnx")
-    scorer_path = onnx_export.export_scorer(ttt, tmp_path / "scorer.onnx")
-    listed = candidates(np.arange(1, 21))
-    torch_session = DeviceSession(make_runner(ttt), NeverPolicy(), candidates=listed)
-    onnx_session = DeviceSession(
-        make_runner(OnnxTTT4Rec(step_path, scorer_path)), NeverPolicy(), candidates=listed
-    )
-    for click in [22, 35, 23, 40, 21, 30]:
-        torch_session.observe(click)
-        onnx_session.observe(click)
-    np.testing.assert_allclose(onnx_session.srm_logits(), torch_session.srm_logits(), atol=1e-4)
-    assert onnx_session.recommend(k=5).tolist() == torch_session.recommend(k=5).tolist()
-
-
 def test_grpc_client_fetch_results_plug_in(ttt):
     client = pytest.importorskip("device.client")
     grpc = pytest.importorskip("grpc")

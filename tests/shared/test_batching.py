@@ -57,3 +57,54 @@ def test_prefix_cap_limits_examples_per_user_and_varies_by_epoch():
         epochs.append(sorted(batch.items[:, 0].tolist()))
     assert epochs[0] != epochs[1]
     assert len(batcher) == 1
+
+
+# Independent references: pairs rebuilt from the raw sequences (target = seq[pos + 1]), not from
+# the batchers' own outputs.
+
+
+def raw_pairs(sequences, max_len):
+    """Every (history of at most max_len clicks -> next click) of the raw sequences."""
+    return sorted(
+        (u, tuple(seq[max(0, pos + 1 - max_len) : pos + 1]), int(seq[pos + 1]))
+        for u, seq in enumerate(sequences)
+        for pos in range(len(seq) - 1)
+    )
+
+
+def test_prefix_batches_are_the_raw_history_next_click_pairs():
+    sequences = [np.array([5, 9, 2, 7]), np.array([3, 8]), np.array([4]), np.array([1, 6, 2])]
+    batcher = NextItemBatcher(sequences, num_items=10, max_len=2, num_negatives=1, batch_size=3)
+    found = []
+    for batch in batcher:
+        for row, user in enumerate(batch.users):
+            history = batch.history[row][batch.history[row] != 0]
+            found.append((int(user), tuple(int(i) for i in history), int(batch.items[row, 0])))
+    assert sorted(found) == raw_pairs(sequences, max_len=2)
+    assert len(found) == 3 + 1 + 0 + 2
+
+
+@pytest.mark.parametrize("stride", [1, 3, 5])
+def test_window_batches_train_the_raw_history_next_click_pairs(stride):
+    from shared.batching import WindowBatcher
+
+    rng = np.random.default_rng(4)
+    sequences = [rng.permutation(np.arange(1, 40))[: rng.integers(2, 16)] for _ in range(6)]
+    max_len = 5
+    batcher = WindowBatcher(sequences, num_items=40, max_len=max_len, stride=stride,
+                            num_negatives=2, batch_size=4)  # fmt: skip
+    found = []
+    for batch in batcher:
+        for row, user in enumerate(batch.users):
+            for t in np.flatnonzero(batch.targets[row]):
+                history = tuple(int(i) for i in batch.inputs[row, : t + 1])  # what position t reads
+                found.append((int(user), history, int(batch.targets[row, t])))
+    # each target's history is the window's clicks up to it: all of the newest max_len clicks
+    # when stride is 1, a tail of them otherwise
+    expected = {(u, h[-1], target) for u, h, target in raw_pairs(sequences, max_len)}
+    assert sorted((u, h[-1], target) for u, h, target in found) == sorted(expected)
+    full = dict(((u, h[-1], t), h) for u, h, t in raw_pairs(sequences, max_len))
+    for user, history, target in found:
+        assert full[(user, history[-1], target)][-len(history) :] == history
+        if stride == 1:
+            assert full[(user, history[-1], target)] == history
