@@ -29,14 +29,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
 
-from device.models.sasrec import SASRec, SASRecConfig
-from device.models.ttt4rec import TTT4Rec, TTT4RecConfig, TTT4RecState
-from device.onnx_export import _export, export_scorer, export_step, state_output_names
-from device.onnx_runtime import OnnxTTT4Rec, session_options
+from device.onnx_runtime import OnnxState, OnnxTTT4Rec, session_options
+from seqrec.models.sasrec import SASRec, SASRecConfig
+from seqrec.models.ttt4rec import TTT4Rec, TTT4RecConfig, TTT4RecState
+from seqrec.onnx_export import _export, export_scorer, export_step
+from shared.device_format import STATE_NAMES, state_output_names
 
 BUDGET_P50_MS = 0.1  # ONNX step + rerank of 50 candidates (docs/design.md §5)
 BUDGET_SPEEDUP_AT_50 = 5.0  # vs SASRec recomputing a 50-click history
@@ -91,7 +91,7 @@ def bench_ttt_torch(model, history, stream, candidates, args) -> tuple[float, fl
 
 def bench_ttt_onnx(runner, model, history, stream, candidates, args) -> tuple[float, float]:
     state, _ = model.encode_with_state(history)  # same state the device would hold
-    holder = {"state": state}
+    holder = {"state": OnnxState.from_bytes(state.to_bytes())}
     items, cands = stream.numpy(), candidates.numpy()
 
     def click(i: int) -> object:
@@ -125,22 +125,17 @@ def plain_step_session(model: TTT4Rec, path: Path) -> ort.InferenceSession:
 
 
 def bench_onnx_no_surprise(session, runner, model, history, stream, candidates, args):
-    """As `bench_ttt_onnx`, with the state round trip `OnnxTTT4Rec.step` does (torch state in,
-    numpy feeds, torch state out), so only the graph differs."""
+    """As `bench_ttt_onnx`, with the same numpy state round trip `OnnxTTT4Rec.step` does, so
+    only the graph differs."""
     state, _ = model.encode_with_state(history)
-    holder = {"state": state}
+    holder = {"state": OnnxState.from_bytes(state.to_bytes())}
     outputs = list(state_output_names())
     items, cands = stream.numpy(), candidates.numpy()
-    dtypes = [np.int64 if name == "pos" else np.float32 for name in TTT4RecState.names()]
 
     def click(i: int) -> object:
-        feeds = {
-            name: tensor.detach().numpy().astype(dtype, copy=False)
-            for name, dtype, tensor in zip(TTT4RecState.names(), dtypes, holder["state"].tensors())
-        }
+        feeds = dict(zip(STATE_NAMES, holder["state"].arrays))
         feeds["items"] = items[i : i + 1]
-        result = session.run(outputs, feeds)
-        holder["state"] = TTT4RecState(*(torch.from_numpy(array) for array in result))
+        holder["state"] = OnnxState(tuple(session.run(outputs, feeds)))
         return runner.score_features(holder["state"].feature, cands)
 
     return time_calls(click, args.iters, args.warmup)

@@ -51,8 +51,8 @@ def tiny_models(folder: Path) -> tuple[str, str]:
 
     from cloud.config import BackboneConfig, GeneratorConfig
     from cloud.generator import CandidateGenerator
-    from device.checkpoint import save_srm
-    from device.models.ttt4rec import TTT4Rec, TTT4RecConfig
+    from seqrec.checkpoint import save_srm
+    from seqrec.models.ttt4rec import TTT4Rec, TTT4RecConfig
     from shared.datasets import load_dataset
     from shared.splits import split_stream
 

@@ -72,8 +72,8 @@ def load_models(args: argparse.Namespace, dataset, split):
     from cloud.config import GeneratorConfig
     from cloud.generator import CandidateGenerator
     from cloud.loading import load_generator
-    from device.checkpoint import load_srm
-    from device.models import build_model
+    from seqrec.checkpoint import load_srm
+    from seqrec.models import build_model
 
     if args.llm:
         generator = load_generator(args.llm)

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from device.losses import batch_loss
-from device.models import build_model
+from seqrec.losses import batch_loss
+from seqrec.models import build_model
 from shared.batching import NextItemBatcher, WindowBatcher
 from shared.datasets import load_dataset
 from shared.splits import split_stream

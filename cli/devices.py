@@ -147,7 +147,7 @@ def _stream(args: argparse.Namespace):
 
 
 def _check_folders(args: argparse.Namespace) -> None:
-    from device.checkpoint import CONFIG_NAME
+    from seqrec.checkpoint import CONFIG_NAME
 
     for option, folder, marker in (("--srm", args.srm, CONFIG_NAME), ("--llm", args.llm, None)):
         if folder is None:
@@ -160,7 +160,7 @@ def _check_folders(args: argparse.Namespace) -> None:
 
 def _check_catalogue(args: argparse.Namespace, num_items: int) -> None:
     """The SRM must know the data set's items, or every step would score unknown ids."""
-    from device.checkpoint import load_srm
+    from seqrec.checkpoint import load_srm
 
     found = load_srm(args.srm).config.num_items
     if found != num_items:

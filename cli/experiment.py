@@ -154,7 +154,7 @@ def _check_folder(path: str, option: str, marker: str) -> Path:
 
 def _check_model_folders(args: argparse.Namespace) -> None:
     """Fail fast, before any data is loaded, on a missing or wrong model folder."""
-    from device.checkpoint import CONFIG_NAME
+    from seqrec.checkpoint import CONFIG_NAME
 
     _check_folder(args.llm, "--llm", "generator.json")
     _check_folder(args.srm, "--srm", CONFIG_NAME)
@@ -167,7 +167,7 @@ def _check_model_folders(args: argparse.Namespace) -> None:
 
 def _load_models(args: argparse.Namespace, num_items: int, llm: str, srm: str):
     from cloud.loading import load_generator
-    from device.checkpoint import load_srm
+    from seqrec.checkpoint import load_srm
 
     generator = load_generator(llm)
     model = load_srm(srm)

@@ -25,8 +25,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from device.checkpoint import load_srm
-    from device.onnx_export import export_scorer, export_step
+    from seqrec.checkpoint import load_srm
+    from seqrec.onnx_export import export_scorer, export_step
 
     model = load_srm(args.model)
     if not getattr(model, "stateful", False):

@@ -111,9 +111,9 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from device.checkpoint import load_srm, save_srm
-    from device.models import build_model, get_model_class
-    from device.training import TrainConfig, ValidationSet, train_srm
+    from seqrec.checkpoint import load_srm, save_srm
+    from seqrec.models import build_model, get_model_class
+    from seqrec.training import TrainConfig, ValidationSet, train_srm
     from shared.splits import split_stream
 
     if args.collaborative and not args.llm:
@@ -192,7 +192,7 @@ def _stage_log(result, protocol: str) -> dict:
 def _collaborative_stages(args, model, split, valid, config) -> dict:
     """LSC4Rec steps 3 and 4 with the frozen generator in `args.llm`."""
     from cloud.loading import load_generator
-    from device.collaborative import (
+    from seqrec.collaborative import (
         CollaborativeConfig,
         cached_candidate_examples,
         train_collaborative,

@@ -11,7 +11,7 @@ mean of its attributes' embeddings, used both as the model's input and as the ou
 embedding it is scored with; rare items, whose id embedding is barely trained, borrow from the
 attributes they share with frequent ones.
 
-Training reuses the device's sequence-level engine (`device.training.train_srm`): the model
+Training reuses the device's sequence-level engine (`seqrec.training.train_srm`): the model
 implements the SRM interface (`encode_positions`, `score_all`), so windows of histories train
 every position at once with the full-softmax loss, and validation Recall@N picks the epoch.
 
@@ -40,7 +40,7 @@ from torch import nn
 from cloud import backbone as bb
 from cloud.base import GeneratorBase, read_meta, weights_version
 from cloud.config import BackboneConfig
-from device.models.base import SequentialRecommender, SRMConfig, compact_history, gather_last
+from seqrec.models.base import SequentialRecommender, SRMConfig, compact_history, gather_last
 from shared.batching import pad_histories
 from shared.candidates import CandidateList
 

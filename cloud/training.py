@@ -24,8 +24,8 @@ import torch
 from cloud.config import TrainConfig
 from cloud.generator import CandidateGenerator, make_batch
 from cloud.item_lm import ItemSequenceGenerator
-from device.training import TrainConfig as SRMTrainConfig
-from device.training import TrainResult, ValidationSet, train_srm
+from seqrec.training import TrainConfig as SRMTrainConfig
+from seqrec.training import TrainResult, ValidationSet, train_srm
 from shared.metrics import candidate_list_ranks, hit_rate, ndcg
 from shared.progress import progress_bar, progress_write
 from shared.splits import StreamSplit
@@ -230,7 +230,7 @@ def train_item_lm(
     config: SRMTrainConfig | None = None,
     on_epoch=None,
 ) -> TrainResult:
-    """Train the item LM in place with the sequence-level engine (`device.training.train_srm`).
+    """Train the item LM in place with the sequence-level engine (`seqrec.training.train_srm`).
 
     Every position of every training window predicts the next click; the validation pairs are
     the stream users' training parts → validation targets, whole history excluded, as the

@@ -16,9 +16,10 @@ result that is not ok, or by raising one of the session's recoverable errors (`F
 reranking its cached list, waits a doubling number of steps before asking again, and never
 loses a click: clicks go to the history and the SRM state whatever happens to requests.
 
-The SRM sits behind `SRMRunner` (`init_state`, `step`, `score_items`), so a torch model that
-carries a state (TTT4Rec), its onnxruntime twin (`OnnxTTT4Rec`) and a model that re-reads the
-history (SASRec, GRU4Rec, DIN) all plug in the same way; `make_runner` picks the adapter.
+The SRM sits behind `SRMRunner` (`init_state`, `step_with_surprise`, `score_items`): on a device
+the onnxruntime TTT4Rec (`OnnxTTT4Rec` behind `StatefulRunner`); offline, the torch models
+behind the adapters of `seqrec.runners` (TTT4Rec stepping its state; SASRec, GRU4Rec and DIN
+re-reading the history). The session itself needs numpy only.
 
 The runners, the cached list and the session stay in one module: the session's contract
 (never lose a click, keep recommending without the cloud) spans all three, and each piece is
@@ -32,10 +33,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from device.fusion import Fusion, RankSigmoidFusion, rerank
-from device.models.surprise import DRIFT_WINDOW, catalogue_surprise, feature_drift
 from device.policies import AlwaysPolicy, PolicyObservation, RequestPolicy
 from device.policies.surprise import click_row, empty_rows, list_columns
 from shared.candidates import CandidateList
@@ -93,119 +92,41 @@ class SRMRunner(Protocol):
 
 
 class StatefulRunner:
-    """Adapter for a model with `init_state(B)`, `step(state, items[B])` and `score_features`.
+    """Adapter for a model that carries a state: `init_state(B)`, `step_with_surprise(state,
+    items[B])` and `score_features(features, items)`, in numpy (`OnnxTTT4Rec`).
 
-    Works for `TTT4Rec` (torch) and `OnnxTTT4Rec` (onnxruntime) alike: the carried state is
-    `(model_state, F_s)`, one click costs one `step`, whatever the history length.
+    The carried state is `(model_state, F_s)`; one click costs one step, whatever the history
+    length. (The torch models have their adapters in `seqrec.runners`.)
     """
 
-    def __init__(self, model: Any) -> None:
-        for method in ("init_state", "step", "score_features"):
-            if not callable(getattr(model, method, None)):
-                raise ValueError(f"{type(model).__name__} has no {method}(); use HistoryRunner")
-        if isinstance(model, torch.nn.Module):
-            model.eval()  # no dropout on the device
-        self.model = model
-        self.num_items = catalogue_size(model)
-        self._table: torch.Tensor | None = None  # torch models: F_t of every item, once
+    stateful = True
 
-    def init_state(self) -> tuple[Any, torch.Tensor]:
+    def __init__(self, model: Any) -> None:
+        for method in ("init_state", "step_with_surprise", "score_features"):
+            if not callable(getattr(model, method, None)):
+                raise ValueError(f"{type(model).__name__} has no {method}(); it carries no state")
+        self.model = model
+        self.num_items = getattr(model, "num_items", None)
+
+    def init_state(self) -> tuple[Any, np.ndarray]:
         state = self.model.init_state(1)
         return state, state.feature
 
-    @torch.no_grad()
-    def step(self, state: tuple[Any, torch.Tensor], item: int) -> tuple[Any, torch.Tensor]:
-        new_state, features = self.model.step(state[0], torch.tensor([item], dtype=torch.long))
+    def step(self, state: tuple[Any, np.ndarray], item: int) -> tuple[Any, np.ndarray]:
+        new_state, features, _ = self.model.step_with_surprise(state[0], np.array([item]))
         return new_state, features
 
-    @torch.no_grad()
     def step_with_surprise(
-        self, state: tuple[Any, torch.Tensor], history: np.ndarray, item: int
-    ) -> tuple[tuple[Any, torch.Tensor], np.ndarray]:
-        items = torch.tensor([item], dtype=torch.long)
-        if isinstance(self.model, torch.nn.Module):
-            if self._table is None:  # the device model is frozen: tabulate F_t once
-                self._table = self.model.all_item_features()
-            new_state, features, surprise = self.model.step_with_surprise(
-                state[0], items, self._table
-            )
-        else:  # the onnxruntime twin carries its table inside the step graph
-            new_state, features, surprise = self.model.step_with_surprise(state[0], items)
-        return (new_state, features), surprise[0].detach().cpu().numpy().astype(np.float64)
+        self, state: tuple[Any, np.ndarray], history: np.ndarray, item: int
+    ) -> tuple[tuple[Any, np.ndarray], np.ndarray]:
+        new_state, features, surprise = self.model.step_with_surprise(state[0], np.array([item]))
+        return (new_state, features), np.asarray(surprise[0], np.float64)
 
-    @torch.no_grad()
     def score_items(
-        self, state: tuple[Any, torch.Tensor], history: np.ndarray, items: np.ndarray
+        self, state: tuple[Any, np.ndarray], history: np.ndarray, items: np.ndarray
     ) -> np.ndarray:
-        candidates = torch.as_tensor(np.asarray(items, dtype=np.int64))[None]  # [1, C]
-        logits = self.model.score_features(state[1], candidates)  # [1, C]
-        return logits[0].detach().cpu().numpy().astype(np.float64)
-
-
-class HistoryRunner:
-    """Adapter for a model without carried state: re-reads the last `max_len` clicks.
-
-    The state is None; `score_items` calls `model.score(history, items)`.
-    """
-
-    def __init__(self, model: torch.nn.Module, max_len: int | None = None) -> None:
-        if max_len is not None and max_len < 1:
-            raise ValueError(f"max_len must be >= 1, got {max_len}")
-        model.eval()  # no dropout on the device
-        self.model = model
-        self.max_len = max_len or getattr(getattr(model, "config", None), "max_len", None)
-        self.num_items = catalogue_size(model)
-        self.drift_window = getattr(model.config, "drift_window", DRIFT_WINDOW)
-        self._table: torch.Tensor | None = None  # F_t of every item, for the drift
-
-    def init_state(self) -> None:
-        return None
-
-    def step(self, state: None, item: int) -> None:
-        return None
-
-    @torch.no_grad()
-    def step_with_surprise(self, state: None, history: np.ndarray, item: int) -> tuple[None, Any]:
-        """Surprise from one scoring of the whole catalogue with the history before the click
-        (these models have no inner loss: its column is 0)."""
-        size = self.num_items
-        if not size:
-            raise ValueError("the model's config does not give its catalogue size (num_items)")
-        logits = torch.as_tensor(self.score_items(None, history, np.arange(1, size + 1)))
-        logit = logits[item - 1 : item]  # [1]
-        nll, rank = catalogue_surprise(logits[None], logit)
-        if self._table is None:
-            self._table = self.model.all_item_features().double()  # [I, D]
-        recent = np.asarray(history, dtype=np.int64)[-self.drift_window :]
-        drift = feature_drift(self._table[[item]], self._table[torch.as_tensor(recent)][None])
-        row = torch.cat([logit, nll, rank, drift, torch.zeros(1, dtype=logit.dtype)])
-        return None, row.numpy().astype(np.float64)
-
-    @torch.no_grad()
-    def score_items(self, state: None, history: np.ndarray, items: np.ndarray) -> np.ndarray:
-        recent = np.asarray(history, dtype=np.int64)
-        recent = recent[-self.max_len :] if self.max_len else recent
-        if recent.size == 0:
-            recent = np.zeros(1, dtype=np.int64)  # all padding: the model's empty-history answer
-        hist = torch.as_tensor(recent)[None]  # [1, L]
-        candidates = torch.as_tensor(np.asarray(items, dtype=np.int64))[None]  # [1, C]
-        return self.model.score(hist, candidates)[0].detach().cpu().numpy().astype(np.float64)
-
-
-def catalogue_size(model: Any) -> int | None:
-    """`num_items` of a torch SRM's config or of an ONNX model's stored config dict."""
-    config = getattr(model, "config", None)
-    size = (
-        config.get("num_items") if isinstance(config, dict) else getattr(config, "num_items", None)
-    )
-    return int(size) if size else None
-
-
-def make_runner(model: Any) -> SRMRunner:
-    """`StatefulRunner` for models that carry a state (`stateful = True`), else `HistoryRunner`."""
-    if getattr(model, "stateful", False):
-        return StatefulRunner(model)
-    return HistoryRunner(model)
+        candidates = np.asarray(items, dtype=np.int64)[None]  # [1, C]
+        return np.asarray(self.model.score_features(state[1], candidates)[0], np.float64)
 
 
 # ---------------------------------------------------------------- the session
@@ -296,7 +217,7 @@ class DeviceSession:
     """One user's device state and the per-step logic.
 
     Args:
-        runner: the SRM behind its adapter (see `make_runner`).
+        runner: the SRM behind its adapter (`StatefulRunner`, or `seqrec.runners.make_runner`).
         policy: decides when to request; `AlwaysPolicy()` if None.
         fusion: merges LLM ranks and SRM scores; LSC4Rec's α = 0.5 fusion if None.
         config: session knobs.

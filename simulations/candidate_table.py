@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     import torch
 
     from cloud.loading import load_generator
-    from device.checkpoint import load_srm
+    from seqrec.checkpoint import load_srm
     from shared.datasets import load_dataset
     from shared.splits import split_stream
 

@@ -116,9 +116,9 @@ def run_seed(seed, args, split, valid, examples, llm_scores, grid) -> tuple[dict
 
     import torch
 
-    from device.collaborative import CollaborativeConfig, train_collaborative
-    from device.models import build_model
-    from device.training import TrainConfig, train_srm
+    from seqrec.collaborative import CollaborativeConfig, train_collaborative
+    from seqrec.models import build_model
+    from seqrec.training import TrainConfig, train_srm
     from simulations.model_table import model_options
 
     torch.manual_seed(seed)
@@ -196,8 +196,8 @@ def main(argv=None) -> int:
     import torch
 
     from cloud.loading import load_generator
-    from device.collaborative import cached_candidate_examples
-    from device.training import ValidationSet
+    from seqrec.collaborative import cached_candidate_examples
+    from seqrec.training import ValidationSet
     from shared.datasets import load_dataset
     from shared.splits import split_stream
 

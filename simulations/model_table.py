@@ -81,9 +81,9 @@ def run_one(name: str, seed: int, dataset, loo, negatives, args) -> dict:
     """Train one SRM with one seed; test metrics in both protocols."""
     import torch
 
-    from device.evaluation import evaluate_full, evaluate_sampled
-    from device.models import build_model
-    from device.training import TrainConfig, ValidationSet, train_srm
+    from seqrec.evaluation import evaluate_full, evaluate_sampled
+    from seqrec.models import build_model
+    from seqrec.training import TrainConfig, ValidationSet, train_srm
     from shared.batching import pad_histories
 
     torch.manual_seed(seed)
@@ -227,7 +227,7 @@ def check_mergeable(runs: list[dict]) -> None:
 
 def model_options(name: str, options: list[str]) -> dict:
     """Typed config fields for `name` from `MODEL:KEY=VALUE` options."""
-    from device.models import get_model_class
+    from seqrec.models import get_model_class
     from shared.options import parse_options
 
     mine = [o.split(":", 1)[1] for o in options if o.split(":", 1)[0] == name]

@@ -7,7 +7,7 @@ import torch
 
 from cloud.item_lm import ItemLMConfig, ItemSequenceGenerator
 from cloud.training import item_lm_train_config, train_item_lm
-from device.models.ttt4rec import TTT4Rec, TTT4RecConfig
+from seqrec.models.ttt4rec import TTT4Rec, TTT4RecConfig
 from shared.datasets.synthetic import make_synthetic
 from shared.splits import split_stream
 

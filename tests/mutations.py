@@ -75,14 +75,14 @@ MUTATIONS = (
     ),
     Mutation(
         "log-Q correction with its sign flipped",
-        "device/losses.py",
+        "seqrec/losses.py",
         "neg = neg - (log_q + math.log(max(neg.shape[-1], 1)))",
         "neg = neg + (log_q + math.log(max(neg.shape[-1], 1)))",
         LOSSES,
     ),
     Mutation(
         "full softmax without the own-item mask",
-        "device/losses.py",
+        "seqrec/losses.py",
         'return F.cross_entropy(logits.masked_fill(exclude, float("-inf")), targets)',
         "return F.cross_entropy(logits, targets)",
         LOSSES,
@@ -153,8 +153,8 @@ MUTATIONS = (
     Mutation(
         "ONNX runtime feeds the state in the wrong order",
         "device/onnx_runtime.py",
-        "for name, dtype, tensor in zip(self._state_names, self._dtypes, state.tensors())",
-        "for name, dtype, tensor in zip(self._state_names, self._dtypes, state.tensors()[::-1])",
+        "for name, dtype, array in zip(STATE_NAMES, self._dtypes, state.arrays)",
+        "for name, dtype, array in zip(STATE_NAMES, self._dtypes, state.arrays[::-1])",
         ONNX,
     ),
 )

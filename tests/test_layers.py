@@ -1,8 +1,10 @@
 """The package's import structure: no cycles, and no import that goes up the layers.
 
-Layers, lowest first: shared, protos → device, cloud → simulations → cli, benchmarks. A module
-may import its own layer or a lower one; the device never imports the cloud (a phone does not
-load transformers). Every `import` counts, at module level or inside a function.
+Layers, lowest first: shared, protos → device, seqrec → cloud → simulations → cli, benchmarks.
+A module may import its own layer or a lower one; the device runtime imports neither the torch
+side (`seqrec`) nor the cloud, and loads neither torch nor transformers (a phone has neither);
+the cloud does not import the device. Every `import` counts, at module level or inside a
+function, and `importlib.import_module` with a literal name too.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ LAYERS = {
     "shared": 0,
     "protos": 0,
     "device": 1,
-    "cloud": 1,
-    "simulations": 2,
-    "cli": 3,
-    "benchmarks": 3,
+    "seqrec": 1,
+    "cloud": 2,
+    "simulations": 3,
+    "cli": 4,
+    "benchmarks": 4,
 }
-FORBIDDEN = {("device", "cloud")}  # (importer package, imported package)
-# Libraries a device never loads: the cloud's model stack.
-DEVICE_FORBIDDEN_LIBRARIES = ("transformers", "peft")
+# (importer package, imported package): the device runtime and the torch side are siblings, and
+# so are the device and the cloud.
+FORBIDDEN = {("device", "cloud"), ("cloud", "device"), ("device", "seqrec"), ("seqrec", "device")}
+# Libraries a device never loads: torch and the cloud's model stack.
+DEVICE_FORBIDDEN_LIBRARIES = ("torch", "transformers", "peft")
 
 
 def module_name(path: Path) -> str:

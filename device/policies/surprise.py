@@ -1,6 +1,6 @@
 """Surprise as request measures: how unexpected the clicks since the cached list arrived were.
 
-The SRM's step reports each click's surprise before taking it in (`device.models.surprise`:
+The SRM's step reports each click's surprise before taking it in (`seqrec.models.surprise`:
 logit, surprisal over the catalogue, rank share over the catalogue, drift in `F_t` space,
 TTT inner loss). The device adds two columns relative to the list it held at that click:
 
@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from device.consistency import MEASURES, ConsistencyMeasure, build_measure
-from device.models.surprise import SURPRISE_COLUMNS
+from shared.device_format import SURPRISE_COLUMNS
 
 LIST_COLUMNS: tuple[str, ...] = ("list_rank", "list_position")
 CLICK_COLUMNS: tuple[str, ...] = (*SURPRISE_COLUMNS, *LIST_COLUMNS)

@@ -11,11 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from device.checkpoint import load_srm
 from device.client import CandidateClient
 from device.driver import run_stream
 from device.fusion import build_fusion
-from device.session import DeviceSession, SessionConfig, make_runner
+from device.session import DeviceSession, SessionConfig
+from seqrec.checkpoint import load_srm
+from seqrec.runners import make_runner
 from simulations.fleet.config import FleetConfig, parse_policy
 
 # ---------------------------------------------------------------- one device

@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from device.models.surprise import SURPRISE_COLUMNS
-from device.session import SRMRunner, make_runner
+from device.session import SRMRunner
+from seqrec.runners import make_runner
 from shared.cache import digest, load_npz, save_npz
+from shared.device_format import SURPRISE_COLUMNS
 from shared.metrics import full_ranking_ranks
 from shared.progress import progress_bar
 from simulations.replay.keys import srm_fingerprint

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from device.models.base import SequentialRecommender
-from device.models.din import DIN, DINConfig
-from device.models.gru4rec import GRU4Rec, GRU4RecConfig
-from device.models.sasrec import SASRec, SASRecConfig, compact_history
+from seqrec.models.base import SequentialRecommender
+from seqrec.models.din import DIN, DINConfig
+from seqrec.models.gru4rec import GRU4Rec, GRU4RecConfig
+from seqrec.models.sasrec import SASRec, SASRecConfig, compact_history
 
 NUM_ITEMS = 40
 MAX_LEN = 8

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from device.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_srm, save_srm
-from device.models import MODEL_REGISTRY, build_model
+from seqrec.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_srm, save_srm
+from seqrec.models import MODEL_REGISTRY, build_model
 
 HISTORY = torch.tensor([[3, 7, 1, 0, 0], [5, 0, 0, 0, 0], [2, 9, 4, 11, 6]])
 

@@ -2,15 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from device.collaborative import (
+from seqrec.collaborative import (
     CandidateBatcher,
     CollaborativeConfig,
     cached_candidate_examples,
     choose_positions,
     train_collaborative,
 )
-from device.models import build_model
-from device.training import TrainConfig, ValidationSet
+from seqrec.models import build_model
+from seqrec.training import TrainConfig, ValidationSet
 from shared.candidates import CandidateList
 from shared.datasets.synthetic import make_synthetic
 from shared.splits import split_stream

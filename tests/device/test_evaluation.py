@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from device.evaluation import evaluate_full, evaluate_sampled
-from device.models.base import SequentialRecommender, SRMConfig
-from device.models.sasrec import SASRec, SASRecConfig
+from seqrec.evaluation import evaluate_full, evaluate_sampled
+from seqrec.models.base import SequentialRecommender, SRMConfig
+from seqrec.models.sasrec import SASRec, SASRecConfig
 
 # Score of each item 0..6 (0 is padding), the same for every user.
 ITEM_SCORES = [0.0, 0.9, 0.5, 0.5, 0.1, 0.7, 0.3]

@@ -3,8 +3,8 @@ import re
 import torch
 
 from cli.main import main
-from device.checkpoint import save_srm
-from device.models import build_model
+from seqrec.checkpoint import save_srm
+from seqrec.models import build_model
 
 
 def test_export_onnx_cli_writes_both_graphs_and_checks_parity(tmp_path, capsys):

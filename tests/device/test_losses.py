@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from device.losses import bce_loss, full_softmax_loss, sampled_softmax_loss
+from seqrec.losses import bce_loss, full_softmax_loss, sampled_softmax_loss
 
 
 def softplus(x: float) -> float:

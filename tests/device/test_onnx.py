@@ -7,11 +7,12 @@ import onnx
 import pytest
 import torch
 
-from device.models.ttt4rec import TTT4Rec, TTT4RecConfig, TTT4RecState
-from device.onnx_export import FORBIDDEN_OPS, export_scorer, export_step
-from device.onnx_runtime import OnnxTTT4Rec
+from device.onnx_runtime import OnnxState, OnnxTTT4Rec
 from device.policies import NeverPolicy
-from device.session import DeviceSession, make_runner
+from device.session import DeviceSession, StatefulRunner
+from seqrec.models.ttt4rec import TTT4Rec, TTT4RecConfig, TTT4RecState
+from seqrec.onnx_export import FORBIDDEN_OPS, export_scorer, export_step
+from seqrec.runners import make_runner
 from shared.candidates import CandidateList
 
 torch.set_num_threads(1)
@@ -59,6 +60,12 @@ def runner(paths) -> OnnxTTT4Rec:
     return OnnxTTT4Rec(*paths)
 
 
+def close(got, want, atol: float, rtol: float = 0.0, err_msg: str = "") -> None:
+    """numpy (the device runtime) against torch (the trained model)."""
+    want = want.detach().numpy() if isinstance(want, torch.Tensor) else want
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=err_msg)
+
+
 def clicks(batch: int, length: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     history = torch.randint(1, NUM_ITEMS + 1, (batch, length), generator=generator)
@@ -84,14 +91,14 @@ def test_stream_of_40_clicks_matches_torch(model, runner):
         for t in range(history.shape[1]):
             torch_state, torch_features = model.step(torch_state, history[:, t])
             onnx_state, onnx_features = runner.step(onnx_state, history[:, t])
-            torch.testing.assert_close(onnx_features, torch_features, rtol=0, atol=1e-4)
+            close(onnx_features, torch_features, atol=1e-4)
             want = model.score_features(torch_features, candidates)
             got = runner.score_features(onnx_features, candidates)
-            torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+            close(got, want, atol=1e-4)
     commits = (history != 0).sum(1) // 16
     assert commits.min() >= 1  # the stream crossed mini-batch boundaries mid-way
     for name, a, b in zip(TTT4RecState.names(), onnx_state.tensors(), torch_state.tensors()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-4, msg=name)
+        close(a, b, atol=1e-4, err_msg=name)
 
 
 def test_dynamic_batch_and_candidate_count(model, runner):
@@ -103,24 +110,24 @@ def test_dynamic_batch_and_candidate_count(model, runner):
             items = torch.arange(1, count + 1).unsqueeze(0)
             got = runner.score_features(runner.encode(history), items)
             assert got.shape == (1, count)
-            torch.testing.assert_close(got, model.score_features(want, items), atol=1e-4, rtol=0)
+            close(got, model.score_features(want, items), atol=1e-4)
 
 
 def test_states_move_between_torch_and_onnx(model, runner):
     history = clicks(2, 30, seed=4)
     with torch.no_grad():
         state, _ = model.encode_with_state(history[:, :19])
-        state = TTT4RecState.from_bytes(state.to_bytes())  # as a device would store it
+        state = OnnxState.from_bytes(state.to_bytes())  # stored by the trainer, read on a device
         for t in range(19, 30):
             state, features = runner.step(state, history[:, t])
-        torch.testing.assert_close(features, model.encode(history), rtol=0, atol=1e-4)
+        close(features, model.encode(history), atol=1e-4)
 
 
 def test_init_state_from_metadata(model, runner):
     want = model.init_state(4)
     got = runner.init_state(4)
     for a, b in zip(got.tensors(), want.tensors()):
-        assert torch.equal(a, b)
+        assert np.array_equal(a, b.detach().numpy())
     assert runner.config["num_items"] == NUM_ITEMS
 
 
@@ -136,7 +143,7 @@ def test_step_graph_reports_the_surprise_torch_does(model, runner):
         with torch.no_grad():
             torch_state, _, expected = model.step_with_surprise(torch_state, history[:, t], table)
         onnx_state, _, surprise = runner.step_with_surprise(onnx_state, history[:, t])
-        torch.testing.assert_close(surprise, expected.float(), rtol=1e-3, atol=2e-4)
+        close(surprise, expected.float(), rtol=1e-3, atol=2e-4)
     assert (surprise[:, 3] > 0).all() and (surprise[:, 4] > 0).all()  # drift, inner loss
 
 
@@ -172,7 +179,8 @@ def test_onnx_runtime_plugs_into_the_same_session(model, runner):
     items = np.arange(1, 21, dtype=np.int64)
     listed = CandidateList(items, -np.arange(20, dtype=np.float32), "v1")
     sessions = [
-        DeviceSession(make_runner(srm), NeverPolicy(), candidates=listed) for srm in (model, runner)
+        DeviceSession(adapter, NeverPolicy(), candidates=listed)
+        for adapter in (make_runner(model), StatefulRunner(runner))
     ]
     for click in [22, 35, 23, 40, 21, 30, 2, 57]:
         for session in sessions:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from device.models import MODEL_REGISTRY, SequentialRecommender, SRMConfig, build_model
+from seqrec.models import MODEL_REGISTRY, SequentialRecommender, SRMConfig, build_model
 
 
 def test_registry_names_the_four_models():

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from device.losses import LOSSES, prefix_loss, window_loss
-from device.models import build_model
-from device.training import TrainConfig, ValidationSet, train_srm, trains_sequence_level
+from seqrec.losses import LOSSES, prefix_loss, window_loss
+from seqrec.models import build_model
+from seqrec.training import TrainConfig, ValidationSet, train_srm, trains_sequence_level
 from shared.batching import WindowBatcher, assigned_starts, pad_histories, window_starts
 from shared.datasets.synthetic import make_synthetic
 from shared.splits import split_stream

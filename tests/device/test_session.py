@@ -7,17 +7,11 @@ import pytest
 import torch
 
 from device.fusion import RankSigmoidFusion, SRMOnlyFusion, rerank
-from device.models.sasrec import SASRec, SASRecConfig
-from device.models.ttt4rec import TTT4Rec
 from device.policies import NeverPolicy, PeriodicPolicy, RandomPolicy
-from device.session import (
-    DeviceSession,
-    FetchError,
-    HistoryRunner,
-    SessionConfig,
-    StatefulRunner,
-    make_runner,
-)
+from device.session import DeviceSession, FetchError, SessionConfig, StatefulRunner
+from seqrec.models.sasrec import SASRec, SASRecConfig
+from seqrec.models.ttt4rec import TTT4Rec
+from seqrec.runners import HistoryRunner, TorchStatefulRunner, make_runner
 from shared.candidates import CandidateList
 
 torch.set_num_threads(1)
@@ -66,7 +60,7 @@ class Cloud:
 def test_runner_scores_equal_full_history_scoring(model_name, request):
     model = request.getfixturevalue(model_name)
     runner = make_runner(model)
-    assert isinstance(runner, StatefulRunner if model_name == "ttt" else HistoryRunner)
+    assert isinstance(runner, TorchStatefulRunner if model_name == "ttt" else HistoryRunner)
     clicks = [3, 17, 5, 29, 11, 2, 8]
     items = np.array([1, 4, 9, 16, 25, 36])
     state = runner.init_state()
@@ -82,6 +76,8 @@ def test_runner_scores_equal_full_history_scoring(model_name, request):
 def test_stateful_runner_rejects_models_without_a_state(sasrec):
     with pytest.raises(ValueError, match="no init_state"):
         StatefulRunner(object())
+    with pytest.raises(ValueError, match="use HistoryRunner"):
+        TorchStatefulRunner(sasrec)
     assert isinstance(make_runner(sasrec), HistoryRunner)
 
 

@@ -8,10 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from device.models.sasrec import SASRec, SASRecConfig
-from device.models.surprise import SURPRISE_COLUMNS
-from device.models.ttt4rec import TTT4Rec, TTT4RecConfig
-from device.models.ttt_linear import inner_loss
 from device.policies import ConsistencyPolicy, PolicyObservation
 from device.policies.surprise import (
     CLICK_COLUMNS,
@@ -21,8 +17,13 @@ from device.policies.surprise import (
     build_request_measure,
     list_columns,
 )
-from device.session import DeviceSession, make_runner
+from device.session import DeviceSession
+from seqrec.models.sasrec import SASRec, SASRecConfig
+from seqrec.models.ttt4rec import TTT4Rec, TTT4RecConfig
+from seqrec.models.ttt_linear import inner_loss
+from seqrec.runners import make_runner
 from shared.candidates import CandidateList
+from shared.device_format import SURPRISE_COLUMNS
 
 torch.set_num_threads(1)
 NUM_ITEMS = 40

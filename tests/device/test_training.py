@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from cli.main import main
-from device.checkpoint import load_srm
-from device.models import build_model
-from device.training import TrainConfig, ValidationSet, train_srm
+from seqrec.checkpoint import load_srm
+from seqrec.models import build_model
+from seqrec.training import TrainConfig, ValidationSet, train_srm
 from shared.datasets.synthetic import make_synthetic
 from shared.splits import split_stream
 

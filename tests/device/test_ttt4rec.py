@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from device.models.ttt4rec import TTT4Rec, TTT4RecConfig, TTT4RecState
+from seqrec.models.ttt4rec import TTT4Rec, TTT4RecConfig, TTT4RecState
 
 torch.set_num_threads(1)
 

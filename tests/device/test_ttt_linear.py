@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from device.models.ttt_linear import (
+from seqrec.models.ttt_linear import (
     TTTBlock,
     TTTLinear,
     TTTLinearConfig,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from device.fusion import LLMOnlyFusion
-from device.models.surprise import SURPRISE_COLUMNS
+from shared.device_format import SURPRISE_COLUMNS
 from simulations.replay import FreshLists, ReplayData, ReplayStream, SRMTables
 from simulations.request_rate.auc import auc_table, measure_scores, state_labels
 

@@ -15,8 +15,8 @@ from cloud.base import GeneratorBase
 from cloud.config import BackboneConfig, GeneratorConfig
 from cloud.generator import CandidateGenerator
 from cloud.server import ServerConfig, create_server
-from device.checkpoint import load_srm, save_srm
-from device.models.ttt4rec import TTT4Rec, TTT4RecConfig
+from seqrec.checkpoint import load_srm, save_srm
+from seqrec.models.ttt4rec import TTT4Rec, TTT4RecConfig
 from shared.datasets.synthetic import make_synthetic
 from shared.splits import split_stream
 from simulations.fleet import (

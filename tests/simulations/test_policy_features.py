@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from device.models.surprise import SURPRISE_COLUMNS
 from device.policies import FeatureConfig
 from device.policies.learned import observation_features
 from device.policies.surprise import SURPRISE_MEASURES
+from shared.device_format import SURPRISE_COLUMNS
 from simulations.replay import FreshLists, ReplayData, ReplayStream, SRMTables
 from simulations.request_rate import feature_rows, state_index
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from device.fusion import LLMOnlyFusion, RankSigmoidFusion, rerank
-from device.models.ttt4rec import TTT4Rec
 from device.policies import (
     AlwaysPolicy,
     ConsistencyPolicy,
@@ -19,7 +18,8 @@ from device.policies import (
     PeriodicPolicy,
     RandomPolicy,
 )
-from device.session import make_runner
+from seqrec.models.ttt4rec import TTT4Rec
+from seqrec.runners import make_runner
 from shared.datasets.synthetic import make_synthetic
 from shared.splits import split_stream
 from simulations.replay import (

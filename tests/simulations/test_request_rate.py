@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from cli.main import main
-from device.checkpoint import save_srm
 from device.fusion import RankSigmoidFusion
 from device.policies import ConsistencyPolicy, LearnedPolicy, ThresholdRule
+from seqrec.checkpoint import save_srm
 from shared.datasets.synthetic import make_synthetic
 from shared.splits import split_stream
 from simulations.replay import ReplayConfig, replay

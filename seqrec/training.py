@@ -7,7 +7,7 @@ The pairs are every (history → next item) of the training sequences. By defaul
 trained sequence-level: windows of `max_len` clicks (`shared.batching.WindowBatcher`), one
 forward pass giving the logits after every position (`level="sequence"`); `level="prefix"`
 encodes one history per example instead (the original path, BCE only). Losses
-(`device.losses`): `bce` with `num_negatives` items the user never clicked per pair (1:4 as
+(`seqrec.losses`): `bce` with `num_negatives` items the user never clicked per pair (1:4 as
 both papers train), `sampled-softmax`, `ce`.
 """
 
@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from device.evaluation import evaluate_full, evaluate_in_lists, evaluate_sampled
-from device.losses import LOSSES, batch_loss
-from device.models.base import SequentialRecommender
+from seqrec.evaluation import evaluate_full, evaluate_in_lists, evaluate_sampled
+from seqrec.losses import LOSSES, batch_loss
+from seqrec.models.base import SequentialRecommender
 from shared.batching import NextItemBatcher, WindowBatcher, fixed_eval_negatives, pad_histories
 from shared.progress import progress_bar
 
@@ -171,7 +171,7 @@ def train_srm(
         config: optimisation settings.
         on_epoch: called after each epoch with (epoch, record).
         batcher: batches to train on instead of the default (prefix → next item, 1:K sampled
-            negatives), e.g. `device.collaborative.CandidateBatcher` for cooperative training.
+            negatives), e.g. `seqrec.collaborative.CandidateBatcher` for cooperative training.
     Returns:
         The best epoch, its metric and a per-epoch log.
     """

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from device.models.base import SequentialRecommender, SRMConfig, compact_history
+from seqrec.models.base import SequentialRecommender, SRMConfig, compact_history
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from device.models import SequentialRecommender, get_model_class
+from seqrec.models import SequentialRecommender, get_model_class
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from device.models.base import SequentialRecommender, SRMConfig
-from device.models.din import DIN, DINConfig
-from device.models.gru4rec import GRU4Rec, GRU4RecConfig
-from device.models.sasrec import SASRec, SASRecConfig
-from device.models.ttt4rec import TTT4Rec, TTT4RecConfig
+from seqrec.models.base import SequentialRecommender, SRMConfig
+from seqrec.models.din import DIN, DINConfig
+from seqrec.models.gru4rec import GRU4Rec, GRU4RecConfig
+from seqrec.models.sasrec import SASRec, SASRecConfig
+from seqrec.models.ttt4rec import TTT4Rec, TTT4RecConfig
 from shared import registry
 
 MODEL_REGISTRY: dict[str, type[SequentialRecommender]] = {

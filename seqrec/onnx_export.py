@@ -1,7 +1,7 @@
 """Export TTT4Rec's per-click step and candidate scorer as loop-free ONNX graphs.
 
 The step graph takes the carried state as explicit inputs and returns the new state and
-the click's surprise (`device.models.surprise`), so a runtime needs nothing but the graph
+the click's surprise (`seqrec.models.surprise`), so a runtime needs nothing but the graph
 and the state bytes; the mini-batch commit is a `Where` on `pos == M − 1`, never control
 flow. The scorer reads item features from a table
 precomputed at export time (embedding → MLP for every item), so a rerank is one gather and
@@ -23,22 +23,20 @@ import onnx
 import torch
 from torch import nn
 
-from device.models.ttt4rec import TTT4Rec, TTT4RecState
+from seqrec.models.ttt4rec import TTT4Rec, TTT4RecState
+from shared.device_format import (
+    CANDIDATES_INPUT,
+    CONFIG_KEY,
+    FEATURES_INPUT,
+    INIT_STATE_KEY,
+    ITEMS_INPUT,
+    SCORES_OUTPUT,
+    SURPRISE_OUTPUT,
+    state_output_names,
+)
 
 OPSET = 18  # >= 17 for LayerNormalization; 18 is what the torch exporter emits natively
-ITEMS_INPUT = "items"
-FEATURES_INPUT = "features"
-CANDIDATES_INPUT = "candidates"
-SCORES_OUTPUT = "scores"
-SURPRISE_OUTPUT = "surprise"  # [B, 5] in SURPRISE_COLUMNS order
-INIT_STATE_KEY = "lsc4rec.init_state"  # base64 of a one-user TTT4RecState.to_bytes()
-CONFIG_KEY = "lsc4rec.config"  # the model config as JSON
 FORBIDDEN_OPS = frozenset({"Loop", "Scan", "If", "SequenceMap"})
-
-
-def state_output_names() -> tuple[str, ...]:
-    """Output names of the step graph: `<state tensor>_out` in `TTT4RecState.names()` order."""
-    return tuple(f"{name}_out" for name in TTT4RecState.names())
 
 
 class _StepGraph(nn.Module):

@@ -18,26 +18,22 @@ Letters used in shape comments:
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-import numpy as np
 import torch
 from torch import nn
 
-from device.models.base import SequentialRecommender, SRMConfig, compact_history, gather_last
-from device.models.surprise import (
+from seqrec.models.base import SequentialRecommender, SRMConfig, compact_history, gather_last
+from seqrec.models.surprise import (
     DRIFT_WINDOW,
     catalogue_surprise,
     feature_drift,
     push_recent,
     stack_surprise,
 )
-from device.models.ttt_linear import RMSNorm, TTTBlock, TTTLinearConfig, TTTState
-
-_STATE_MAGIC = b"TTS2"  # TTS2 added the recent target features (drift)
-_STATE_HEADER = struct.Struct("<4s6i")  # magic, B, N, H, F, D, R
+from seqrec.models.ttt_linear import RMSNorm, TTTBlock, TTTLinearConfig, TTTState
+from shared.device_format import STATE_NAMES, decode_state, encode_state
 
 
 @dataclass
@@ -162,22 +158,10 @@ class TTT4RecState:
         return cls(*(torch.cat(parts) for parts in zip(*(s.tensors() for s in states))))
 
     def to_bytes(self) -> bytes:
-        """Serialise: a small header, then fp32 tensors and int32 `pos` (little-endian)."""
-        batch, layers, heads, head_dim, _ = self.weight.shape
-        recent = self.recent.shape[1]
-        header = _STATE_HEADER.pack(
-            _STATE_MAGIC, batch, layers, heads, head_dim, self.width, recent
+        """Serialise (`shared.device_format`, format TTS2): what a device stores and reads."""
+        return encode_state(
+            {name: t.detach().cpu().numpy() for name, t in zip(self.names(), self.tensors())}
         )
-        floats = [
-            self.weight,
-            self.bias,
-            self.grad_weight,
-            self.grad_bias,
-            self.feature,
-            self.recent,
-        ]
-        body = b"".join(_as_numpy(t, "<f4").tobytes() for t in floats)
-        return header + body + _as_numpy(self.pos, "<i4").tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TTT4RecState:
@@ -186,24 +170,7 @@ class TTT4RecState:
         Raises:
             ValueError: if `data` is not a serialised state or has the wrong length.
         """
-        if len(data) < _STATE_HEADER.size:
-            raise ValueError(f"state bytes too short: {len(data)} bytes")
-        magic = data[:4]
-        if magic != _STATE_MAGIC:
-            raise ValueError(f"not a TTT4Rec state (or an older format): magic {magic!r}")
-        _, batch, layers, heads, head_dim, width, recent = _STATE_HEADER.unpack_from(data)
-        shapes = _state_shapes(batch, layers, heads, head_dim, width, recent)
-        expected = _STATE_HEADER.size + 4 * sum(int(np.prod(s)) for s in shapes.values())
-        if len(data) != expected:
-            raise ValueError(f"state bytes have length {len(data)}, expected {expected}")
-        offset, out = _STATE_HEADER.size, {}
-        for name, shape in shapes.items():
-            dtype = "<i4" if name == "pos" else "<f4"
-            count = int(np.prod(shape))
-            array = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
-            offset += 4 * count
-            out[name] = torch.from_numpy(array.astype(np.int64 if name == "pos" else np.float32))
-        return cls(**out)
+        return cls(**{name: torch.from_numpy(a) for name, a in decode_state(data).items()})
 
     @property
     def width(self) -> int:
@@ -211,25 +178,7 @@ class TTT4RecState:
 
 
 _STATE_NAMES = tuple(f.name for f in fields(TTT4RecState))
-
-
-def _state_shapes(
-    batch: int, layers: int, heads: int, head_dim: int, width: int, recent: int
-) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes in serialisation order (floats first, then `pos`)."""
-    return {
-        "weight": (batch, layers, heads, head_dim, head_dim),
-        "bias": (batch, layers, heads, head_dim),
-        "grad_weight": (batch, layers, heads, head_dim, head_dim),
-        "grad_bias": (batch, layers, heads, head_dim),
-        "feature": (batch, width),
-        "recent": (batch, recent, width),
-        "pos": (batch,),
-    }
-
-
-def _as_numpy(tensor: torch.Tensor, dtype: str) -> np.ndarray:
-    return tensor.detach().cpu().numpy().astype(dtype)
+assert _STATE_NAMES == STATE_NAMES, "the state's fields are the device format's tensors"
 
 
 class TTT4Rec(SequentialRecommender):
@@ -367,7 +316,7 @@ class TTT4Rec(SequentialRecommender):
                 by a caller that steps often; computed here if None.
         Returns:
             `(state, F_s, surprise)` with `surprise [B, 5]` in
-            `device.models.surprise.SURPRISE_COLUMNS` order.
+            `seqrec.models.surprise.SURPRISE_COLUMNS` order.
         """
         table = self.all_item_features() if item_table is None else item_table  # [I, D]
         logits = state.feature @ table[1:].t()  # [B, I − 1]: items 1..I−1

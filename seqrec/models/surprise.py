@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import torch
 
-SURPRISE_COLUMNS: tuple[str, ...] = ("logit", "nll", "catalogue_rank", "drift", "inner_loss")
-DRIFT_WINDOW = 4  # last clicks whose mean F_t a click's drift is measured from
+from shared.device_format import DRIFT_WINDOW, SURPRISE_COLUMNS  # noqa: F401 (re-exported)
 
 
 def catalogue_surprise(

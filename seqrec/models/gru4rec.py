@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from device.models.base import SequentialRecommender, SRMConfig, compact_history, gather_last
+from seqrec.models.base import SequentialRecommender, SRMConfig, compact_history, gather_last
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from device.training import train_srm
+from seqrec.training import train_srm
 from shared.batching import (
     NextItemBatcher,
     TrainBatch,

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from device.models.base import SequentialRecommender
+from seqrec.models.base import SequentialRecommender
 from shared.metrics import full_ranking_ranks, sampled_ranks, scored_list_ranks, summarize
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence
