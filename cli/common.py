@@ -12,10 +12,10 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
-def add_dataset_args(parser: argparse.ArgumentParser) -> None:
+def add_dataset_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument(
         "--dataset",
-        required=True,
+        required=required,
         metavar="NAME",
         help=f"data set: {', '.join(DATASETS)}",
     )

@@ -34,17 +34,26 @@ def add_parser(subparsers) -> None:
     where.add_argument("--server", metavar="HOST:PORT", help="the running cloud server")
     where.add_argument("--llm", metavar="DIR", help="serve this generator in-process instead")
     add_dataset_args(parser)
-    parser.add_argument("--srm", required=True, metavar="DIR", help="SRM checkpoint (train-srm)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--srm", metavar="DIR", help="SRM checkpoint (train-srm), run with torch")
+    model.add_argument(
+        "--bundle",
+        metavar="DIR",
+        help="device bundle (export-device, experiment --export-device): its policy, fusion "
+        "and session settings, run with onnxruntime",
+    )
     parser.add_argument("--users", type=int, default=0, help="devices (stream users; 0 = all)")
     parser.add_argument("--workers", type=int, default=2, help="concurrent device processes")
     parser.add_argument(
         "--policy",
-        default="always",
+        default=None,
         metavar="SPEC",
-        help="never | always | random:P | periodic:M | consistency[:MEASURE]:THRESHOLD | "
-        "surprise:MEASURE:THRESHOLD (e.g. surprise:drift_mean:0.3)",
+        help="with --srm: never | always (default) | random:P | periodic:M | "
+        "consistency[:MEASURE]:THRESHOLD | surprise:MEASURE:THRESHOLD (e.g. surprise:drift_mean:0.3)",
     )
-    parser.add_argument("--fusion", default="lsc4rec", help="device fusion (default lsc4rec)")
+    parser.add_argument(
+        "--fusion", default=None, help="with --srm: device fusion (default lsc4rec)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="policies' random streams")
     parser.add_argument(
         "--token-file",
@@ -59,8 +68,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--deadline-ms", type=float, default=200.0, help="deadline per attempt")
     parser.add_argument("--backend", choices=BACKENDS, default="process", help="device runner")
     parser.add_argument("--test-window", type=int, default=10, help="online stream length T")
-    parser.add_argument("-n", "--candidates", type=int, default=50, help="candidates per list")
-    parser.add_argument("--request-history", type=int, default=50, help="L: clicks sent")
+    parser.add_argument(
+        "-n", "--candidates", type=int, default=None, help="candidates per list (default 50)"
+    )
+    parser.add_argument(
+        "--request-history", type=int, default=None, help="L: clicks sent (default 50)"
+    )
     parser.add_argument("--step-delay-ms", type=float, default=0.0, help="think time per click")
     parser.add_argument(
         "--fault", default=None, metavar="AFTER:DOWN_S", help="restart the --llm server mid-run"
@@ -111,14 +124,15 @@ def _fleet_config(args: argparse.Namespace, target: str):
 
     return FleetConfig(
         target=target,
-        srm_dir=args.srm,
-        policy=args.policy,
-        fusion=args.fusion,
+        srm_dir=args.srm or "",
+        bundle_dir=args.bundle or "",
+        policy=args.policy or "always",
+        fusion=args.fusion or "lsc4rec",
         seed=args.seed,
         workers=args.workers,
         backend=args.backend,
-        n=args.candidates,
-        request_history=args.request_history,
+        n=args.candidates or 50,
+        request_history=args.request_history or 50,
         deadline_ms=args.deadline_ms,
         total_timeout_ms=max(1000.0, 4 * args.deadline_ms),
         step_delay_ms=args.step_delay_ms,
@@ -149,7 +163,12 @@ def _stream(args: argparse.Namespace):
 def _check_folders(args: argparse.Namespace) -> None:
     from seqrec.checkpoint import CONFIG_NAME
 
-    for option, folder, marker in (("--srm", args.srm, CONFIG_NAME), ("--llm", args.llm, None)):
+    folders = (
+        ("--srm", args.srm, CONFIG_NAME),
+        ("--llm", args.llm, None),
+        ("--bundle", args.bundle, None),
+    )
+    for option, folder, marker in folders:
         if folder is None:
             continue
         if not Path(folder).is_dir():
@@ -158,13 +177,41 @@ def _check_folders(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"{option} {folder}: not a model folder ({marker} missing)")
 
 
-def _check_catalogue(args: argparse.Namespace, num_items: int) -> None:
+def _check_catalogue(args: argparse.Namespace, dataset) -> None:
     """The SRM must know the data set's items, or every step would score unknown ids."""
+    if args.bundle:
+        return  # load_bundle checked it, digest included
     from seqrec.checkpoint import load_srm
 
     found = load_srm(args.srm).config.num_items
-    if found != num_items:
-        raise CLIError(f"--srm model has {found} items, the data set {num_items}")
+    if found != dataset.num_items:
+        raise CLIError(f"--srm model has {found} items, the data set {dataset.num_items}")
+
+
+def _apply_bundle(args: argparse.Namespace, dataset) -> None:
+    """With --bundle: verify it against the data set's catalogue, take its settings, say what
+    it runs (the options the bundle fixes may not be given)."""
+    from device.bundle import BundleError, load_bundle
+    from shared.manifest import catalogue_digest
+
+    fixed = [f"--{name.replace('_', '-')}" for name in ("policy", "fusion", "candidates",
+             "request_history") if getattr(args, name) is not None]  # fmt: skip
+    if fixed:
+        raise CLIError(f"{', '.join(fixed)}: the bundle fixes these; drop them or use --srm")
+    try:
+        bundle = load_bundle(args.bundle, dataset.num_items, catalogue_digest(dataset.item_ids[1:]))
+    except BundleError as err:
+        raise CLIError(str(err)) from None
+    args.candidates = bundle.settings.candidates
+    args.request_history = bundle.settings.request_history
+    print(f"bundle {args.bundle}: policy {bundle.policy.label}, fusion {bundle.fusion.name} "
+          + " ".join(f"{k}={v:g}" for k, v in fusion_numbers(bundle.fusion).items()))  # fmt: skip
+
+
+def fusion_numbers(fusion) -> dict[str, float]:
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(fusion).items() if isinstance(v, int | float)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -174,10 +221,15 @@ def run(args: argparse.Namespace) -> int:
     plan = parse_fault(args.fault)
     if plan is not None and args.llm is None:
         raise CLIError("--fault needs --llm: only a server this process runs can be restarted")
-    config = _fleet_config(args, args.server or "127.0.0.1:0")
+    target = args.server or "127.0.0.1:0"
+    if not args.bundle:
+        _fleet_config(args, target)  # a bad option fails before any data is read
     _check_folders(args)
     dataset, stream = _stream(args)
-    _check_catalogue(args, dataset.num_items)
+    if args.bundle:
+        _apply_bundle(args, dataset)
+    config = _fleet_config(args, target)
+    _check_catalogue(args, dataset)
     try:
         if args.llm is None:
             result = run_fleet(stream, config)

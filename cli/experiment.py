@@ -44,6 +44,19 @@ def add_parser(subparsers) -> None:
     )
     _add_sweep_args(sweep)
     _add_replay_args(sweep)
+    device = sweep.add_argument_group("device bundle")
+    device.add_argument(
+        "--export-device",
+        metavar="DIR",
+        help="write the device bundle of the policy the experiment chose at --device-rate "
+        "(its thresholds or learned weights, the fusion, the SRM's graphs)",
+    )
+    device.add_argument(
+        "--device-rate",
+        type=float,
+        default=0.1,
+        help="the target rate whose chosen policy the bundle carries (one of --rates)",
+    )
     sweep.set_defaults(func=run_request_rate)
 
 
@@ -222,6 +235,11 @@ def run_request_rate(args: argparse.Namespace) -> int:
     from simulations.request_rate import prepare_streams, run_request_rate, write_outputs
 
     config, replay_config = _build_configs(args)
+    if args.export_device and args.device_rate not in config.target_rates:
+        raise ValueError(
+            f"--device-rate {args.device_rate:g} is not one of --rates "
+            f"({', '.join(f'{r:g}' for r in config.target_rates)})"
+        )
     _check_model_folders(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -267,7 +285,41 @@ def run_request_rate(args: argparse.Namespace) -> int:
     }
     paths = write_outputs(experiment, args.out, config, meta)
     _print_summary(experiment, config, meta, paths)
+    if args.export_device:
+        _export_device(args, experiment, model, dataset, generator, replay_config)
     return 0
+
+
+def _export_device(args, experiment, model, dataset, generator, replay_config) -> None:
+    """Write the bundle of the policy chosen at `--device-rate`, and say what it holds."""
+    from device.bundle import BundleSettings
+    from simulations.bundle_export import export_device_bundle
+
+    point, row = experiment.chosen(args.device_rate)
+    settings = BundleSettings(
+        top_k=10, request_history=replay_config.request_history, candidates=replay_config.n
+    )
+    notes = {
+        "chosen_by": f"best validation NDCG@10 among the calibrated policies at rate "
+        f"{args.device_rate:g}",
+        "policy_family": point.family,
+        "target_rate": args.device_rate,
+        "validation_rate": round(float(point.valid_rate), 4),
+        "replay_test_rate": round(float(row["request_rate"]), 4),
+        "replay_test_NDCG@10": round(float(row["NDCG@10"]), 4),
+    }
+    folder = export_device_bundle(
+        args.export_device,
+        model,
+        point.policy,
+        point.fusion,
+        settings,
+        dataset.item_ids,
+        generator.model_version,
+        notes,
+    )
+    print(f"wrote device bundle {folder}: {point.policy.label}, fusion {point.fusion.name}, "
+          f"replay test rate {row['request_rate']:.3f} at target {args.device_rate:g}")  # fmt: skip
 
 
 def _print_summary(experiment, config, meta: dict, paths: dict) -> None:

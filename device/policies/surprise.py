@@ -66,9 +66,11 @@ def list_columns(
     clicks = np.asarray(clicks, np.int64).reshape(-1)
     click_logits = np.asarray(click_logits, np.float64).reshape(-1)
     n = valid.sum(axis=1)  # [M]
-    above = (valid & (logits > click_logits[:, None])).sum(axis=1)
-    rank = np.where(n > 0, above / np.maximum(n, 1), NO_LIST["list_rank"])
     hit = items == clicks[:, None]  # [M, N]
+    # The click itself never counts as above itself: its list logit and its step logit come
+    # from two graphs (scorer, step) and may differ in the last bits.
+    above = (valid & ~hit & (logits > click_logits[:, None])).sum(axis=1)
+    rank = np.where(n > 0, above / np.maximum(n, 1), NO_LIST["list_rank"])
     width = max(items.shape[1], 1)
     position = np.where(hit.any(axis=1), hit.argmax(axis=1) / width, NO_LIST["list_position"])
     return np.stack([rank, position], axis=1)

@@ -4,12 +4,10 @@ backends, and policy specs like `random:0.1`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from device.client import ClientConfig
 from device.fusion import build_fusion
-from device.policies import build_policy
-from device.policies.surprise import SURPRISE_MEASURES
+from device.policies.spec import parse_policy
 
 BACKENDS = ("process", "thread", "ray")
 RAY_HINT = "pip install 'lsc4rec[ray]'"
@@ -28,6 +26,7 @@ class FleetConfig:
 
     target: str = "127.0.0.1:50051"  # the server, host:port or dns:///host:port
     srm_dir: str = ""  # SRM checkpoint folder (train-srm); every worker loads it once
+    bundle_dir: str = ""  # or a device bundle: its SRM graphs, policy and fusion (not srm_dir's)
     policy: str = "always"  # request policy spec, see `parse_policy`
     fusion: str = "lsc4rec"  # device fusion (device.fusion.FUSIONS)
     seed: int = 0  # policies' random streams (each user: policy.spawn(user))
@@ -54,9 +53,10 @@ class FleetConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.step_delay_ms < 0:
             raise ValueError(f"step_delay_ms must be >= 0, got {self.step_delay_ms}")
-        if not self.srm_dir:
-            raise ValueError("srm_dir must name an SRM checkpoint folder")
-        parse_policy(self.policy, self.seed)  # fail before any device starts
+        if bool(self.srm_dir) == bool(self.bundle_dir):
+            raise ValueError("give one of srm_dir (an SRM checkpoint) or bundle_dir (a bundle)")
+        if not self.bundle_dir:
+            parse_policy(self.policy, self.seed)  # fail before any device starts
 
         build_fusion(self.fusion)
 
@@ -73,38 +73,3 @@ class FleetConfig:
             max_reconnect_backoff_s=self.reconnect_backoff_s,
             token=self.token,
         )
-
-
-def parse_policy(spec: str, seed: int = 0):
-    """A request policy from a spec: `never`, `always`, `random:P`, `periodic:M`,
-    `consistency:THRESHOLD`, `consistency:MEASURE:THRESHOLD` or `surprise:MEASURE:THRESHOLD`
-    (a surprise measure such as `drift_mean`, `device.policies.surprise`).
-
-    Raises:
-        ValueError: unknown name, wrong number of fields, or a bad value (the message names
-            the spec).
-    """
-
-    name, *args = spec.strip().split(":")
-    fields: dict[str, Any] = {}
-    try:
-        if name in ("never", "always") and not args:
-            pass
-        elif name == "random" and len(args) == 1:
-            fields["p"] = float(args[0])
-        elif name == "periodic" and len(args) == 1:
-            fields["m"] = int(args[0])
-        elif name == "consistency" and len(args) in (1, 2):
-            fields["threshold"] = float(args[-1])
-            fields["measure"] = args[0] if len(args) == 2 else "rank_diff"
-        elif name == "surprise" and len(args) == 2:
-            if args[0] not in SURPRISE_MEASURES:
-                raise ValueError(f"unknown surprise measure {args[0]!r}")
-            name, fields["measure"], fields["threshold"] = "consistency", args[0], float(args[1])
-        else:
-            raise ValueError(
-                "expected never, always, random:P, periodic:M, consistency[:M]:T or surprise:M:T"
-            )
-        return build_policy(name, seed=seed, **fields)
-    except (ValueError, KeyError) as err:
-        raise ValueError(f"bad policy spec {spec!r}: {err}") from None

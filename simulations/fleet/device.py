@@ -11,13 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from device.bundle import load_bundle
 from device.client import CandidateClient
 from device.driver import run_stream
 from device.fusion import build_fusion
+from device.policies.spec import parse_policy
 from device.session import DeviceSession, SessionConfig
 from seqrec.checkpoint import load_srm
 from seqrec.runners import make_runner
-from simulations.fleet.config import FleetConfig, parse_policy
+from simulations.fleet.config import FleetConfig
 
 # ---------------------------------------------------------------- one device
 
@@ -76,6 +78,29 @@ def _worker_model(config: FleetConfig):
         return _WORKER_CACHE[key]
 
 
+def _worker_bundle(config: FleetConfig):
+    """The device bundle of `config.bundle_dir`, loaded (and verified) once per worker."""
+    key = ("bundle", config.bundle_dir)
+    with _WORKER_LOCK:
+        if key not in _WORKER_CACHE:
+            _WORKER_CACHE[key] = load_bundle(config.bundle_dir)
+        return _WORKER_CACHE[key]
+
+
+def _session(task: DeviceTask, config: FleetConfig) -> DeviceSession:
+    """The device of one task: the bundle's runtime, or the torch SRM with the config's policy
+    and fusion. It shows every candidate (`top_k = n`), so the target's rank is measured."""
+    if config.bundle_dir:
+        return _worker_bundle(config).session(task.user, task.history, top_k=config.n)
+    return DeviceSession(
+        make_runner(_worker_model(config)),
+        parse_policy(config.policy, config.seed).spawn(task.user),
+        build_fusion(config.fusion),
+        SessionConfig(top_k=config.n, request_history=config.request_history),
+        history=task.history,
+    )
+
+
 def _worker_client(config: FleetConfig):
     """One gRPC client per worker and target (a channel is thread-safe and reconnects)."""
 
@@ -112,18 +137,10 @@ def run_device(task: DeviceTask, config: FleetConfig) -> DeviceRecord:
     """Replay one user's stream against the server (the unit of work of every backend)."""
 
     client, log = _worker_client(config), []
-    session_config = SessionConfig(top_k=config.n, request_history=config.request_history)
-    policy = parse_policy(config.policy, config.seed).spawn(task.user)
-    session = DeviceSession(
-        make_runner(_worker_model(config)),
-        policy,
-        build_fusion(config.fusion),
-        session_config,
-        history=task.history,
-    )
+    session = _session(task, config)
     streaming = []  # empty until the stream starts: the initial fetch is logged as step -1
     fetch = _fetcher(client, config, task, log, lambda: session.step if streaming else -1)
-    initial = fetch(session.history[-config.request_history :])  # not a stream request
+    initial = fetch(session.history[-session.config.request_history :])  # not a stream request
     streaming.append(True)
     if initial.ok:
         session.update_candidates(initial.candidates)

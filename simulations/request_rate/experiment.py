@@ -23,6 +23,7 @@ from simulations.request_rate.points import (
     reference_points,
 )
 from simulations.request_rate.statistics import (
+    best_calibrated,
     bootstrap_indices,
     goal_check,
     paired_difference,
@@ -41,6 +42,23 @@ class ExperimentResult:
     goal: list[dict[str, Any]]
     results: list[ReplayResult] = field(repr=False)
     notes: dict[str, Any] = field(default_factory=dict)
+    points: list[PolicyPoint] = field(default_factory=list, repr=False)  # aligned with rows
+
+    def chosen(self, rate: float) -> tuple[PolicyPoint, dict[str, Any]]:
+        """The policy the experiment chose at target `rate` (best validation NDCG@10 among
+        the calibrated ones) and its row on the test stream.
+
+        Raises:
+            ValueError: no calibrated policy was swept at that rate.
+        """
+        best = best_calibrated(self.points, rate)
+        if best is None:
+            rates = sorted({p.target_rate for p in self.points if p.target_rate is not None})
+            raise ValueError(
+                f"no calibrated policy at rate {rate:g}; the sweep's rates: "
+                f"{', '.join(f'{r:g}' for r in rates) or 'none'}"
+            )
+        return self.points[best], self.rows[best]
 
 
 def run_request_rate(
@@ -97,7 +115,7 @@ def run_request_rate(
             config.confidence,
             config.seed,
         )
-    return ExperimentResult(rows, goal, results, notes)
+    return ExperimentResult(rows, goal, results, notes, points)
 
 
 def reference_gaps(

@@ -84,6 +84,17 @@ def paired_difference(
     return bootstrap_interval(np.asarray(a) - np.asarray(b), indices, confidence)
 
 
+def best_calibrated(points: list[PolicyPoint], rate: float) -> int | None:
+    """Index of the calibrated policy of target `rate` with the best validation NDCG@10 (the
+    experiment's choice at that rate), None if there is none."""
+    calibrated = [
+        i
+        for i, p in enumerate(points)
+        if p.target_rate == rate and p.family.split("[")[0] in CALIBRATED
+    ]
+    return max(calibrated, key=lambda i: points[i].valid_ndcg10) if calibrated else None
+
+
 def goal_check(
     rows: list[dict[str, Any]],
     results: list[ReplayResult],
@@ -103,14 +114,9 @@ def goal_check(
     user_ndcg = [r.user_metrics()["NDCG@10"] for r in results]
     out = []
     for rate in config.target_rates:
-        calibrated = [
-            i
-            for i, p in enumerate(points)
-            if p.target_rate == rate and p.family.split("[")[0] in CALIBRATED
-        ]
-        if rate > config.goal_max_rate or not calibrated or "always" not in ref:
+        best = best_calibrated(points, rate)
+        if rate > config.goal_max_rate or best is None or "always" not in ref:
             continue
-        best = max(calibrated, key=lambda i: points[i].valid_ndcg10)
         check = {
             "target_rate": rate,
             "best": rows[best]["label"],
