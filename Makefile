@@ -63,7 +63,7 @@ test-latest:
 	$(PY) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install $(PIP_QUIET) --upgrade pip
 	$(LATEST_VENV)/bin/python -m pip install $(PIP_QUIET) -r $(TORCH)
-	$(LATEST_VENV)/bin/python -m pip install $(PIP_QUIET) -e '.[dev]'
+	$(LATEST_VENV)/bin/python -m pip install $(PIP_QUIET) -e '.[full,dev]'
 	@$(LATEST_VENV)/bin/python -c "import importlib.metadata as m; \
 	print('make test-latest resolved: ' + ', '.join(p + ' ' + m.version(p) for p in '$(KEY_PACKAGES)'.split()))"
 	$(LATEST_VENV)/bin/python -m pytest -p no:cacheprovider
@@ -73,7 +73,7 @@ test-latest:
 lock:
 	@if [ ! -x "$(LOCK_VENV)/bin/pip-compile" ]; then \
 	  $(PY) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/python -m pip install $(PIP_QUIET) $(PIP_TOOLS); fi
-	$(LOCK_VENV)/bin/pip-compile --quiet --upgrade --extra dev --strip-extras \
+	$(LOCK_VENV)/bin/pip-compile --quiet --upgrade --extra full --extra dev --strip-extras \
 	  --no-emit-index-url --no-emit-find-links --unsafe-package torch --constraint $(TORCH) \
 	  --output-file $(LOCK) pyproject.toml
 	@echo "lock refreshed: set the lower bounds in pyproject.toml to the new versions (tests/test_lock.py checks), then make test"

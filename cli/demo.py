@@ -11,7 +11,8 @@ parsers and run by their `run` functions (the demo never re-enters `cli.main`):
                     alone: LSC4Rec's collaborative stage lowered its accuracy in every
                     setting measured, see the README)
     4. experiment   the request-rate sweep (replay), table + plot
-    5. devices      the real gRPC server and a short live device fleet against it
+    5. devices      the real gRPC server and a short live device fleet against it, running
+                    the device bundle the experiment chose (its policy, α and SRM graphs)
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ def stages(args: argparse.Namespace, out: Path) -> list[tuple[str, list[str]]]:
                 str(out / "cache"),
                 "--auc-bootstrap",
                 "100",
+                "--export-device",
+                str(out / "device"),
+                "--device-rate",
+                "0.1",
                 *seed,
             ],
         ),
@@ -133,26 +138,60 @@ def run(args: argparse.Namespace) -> int:
 
 
 def fleet_stage(args: argparse.Namespace, out: Path) -> list[str]:
-    """A short live fleet against a real server that the `devices` command starts itself."""
+    """A short live fleet, running the bundle the experiment chose, against a real server that
+    the `devices` command starts itself."""
     return [
         "devices",
         "--dataset",
         args.dataset,
         "--llm",
         str(out / "llm"),
-        "--srm",
-        str(out / "srm"),
+        "--bundle",
+        str(out / "device"),
         "--users",
         str(args.fleet_users),
         "--workers",
         "2",
-        "--policy",
-        "periodic:3",
         "--out",
         str(out / "fleet"),
         "--seed",
         str(args.seed),
     ]
+
+
+def live_against_replay(out: Path) -> str:
+    """The fleet's bundle, live, next to the experiment's replay of the same policy for the
+    same users: request rate and NDCG@10 (a markdown table; "" when either is missing)."""
+    import json
+
+    import numpy as np
+
+    from shared.manifest import read_manifest
+    from shared.metrics import ndcg
+
+    fleet_path, records_path = out / "fleet" / "fleet.json", out / "request_rate" / "records.npz"
+    if not (fleet_path.exists() and records_path.exists() and (out / "device").is_dir()):
+        return ""
+    notes = read_manifest(out / "device").get("notes", {})
+    devices = json.loads(fleet_path.read_text())["devices"]
+    records = np.load(records_path)
+    point = list(records["labels"]).index(notes["replay_label"])
+    rows = {int(u): i for i, u in enumerate(records["users"])}
+    index = [rows[d["user"]] for d in devices]
+    live_ranks = np.array([[np.inf if r is None else r for r in d["ranks"]] for d in devices])
+    lines = [
+        f"Live devices ran the bundle {out / 'device'}: {notes['replay_label']} "
+        f"(chosen at target rate {notes['target_rate']:g}), on {len(devices)} users.",
+        "",
+        "| run | request rate | NDCG@10 |",
+        "| --- | --- | --- |",
+        f"| replay (request-rate experiment) | "
+        f"{records['requested'][point][index].mean():.3f} | "
+        f"{ndcg(records['ranks'][point][index], 10).mean():.4f} |",
+        f"| live fleet (gRPC, onnxruntime) | "
+        f"{np.mean([d['requested'] for d in devices]):.3f} | {ndcg(live_ranks, 10).mean():.4f} |",
+    ]
+    return "\n".join(lines)
 
 
 def print_summary(out: Path, timings: list[tuple[str, float]]) -> None:
@@ -164,5 +203,8 @@ def print_summary(out: Path, timings: list[tuple[str, float]]) -> None:
     for name, seconds in timings:
         print(f"| {name} | {seconds:.0f} |")
     print(f"| total | {sum(s for _, s in timings):.0f} |")
+    comparison = live_against_replay(out)
+    if comparison:
+        print(f"\n{comparison}\n")
     print(f"\nplot: {out / 'request_rate' / 'request_rate.png'}")
     print(f"tables: {out / 'request_rate'}; models: {out / 'llm'}, {out / 'srm'}")

@@ -28,6 +28,12 @@ from cli import (
 from cli.common import CLIError
 from shared.progress import NO_PROGRESS_ENV
 
+# What `pip install 'lsc4rec[full]'` adds to the device runtime (pyproject.toml).
+FULL_INSTALL_MODULES = frozenset(
+    {"torch", "transformers", "peft", "tokenizers", "safetensors", "onnx", "onnxscript", "tqdm",
+     "matplotlib", "grpc_health", "grpc_reflection"}
+)  # fmt: skip
+
 # Subcommand modules, in the order `lsc4rec --help` lists them.
 SUBCOMMANDS = (
     data,
@@ -77,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (CLIError, ValueError, FileNotFoundError) as err:
         print(f"lsc4rec {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in FULL_INSTALL_MODULES:
+            raise
+        print(f"lsc4rec {args.command}: error: needs {err.name}, which the device runtime "
+              "install leaves out: pip install 'lsc4rec[full]'", file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print(f"lsc4rec {args.command}: interrupted", file=sys.stderr)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -84,23 +85,33 @@ def _export(
     output_names: list[str],
     dynamic_shapes: dict[str, dict[int, torch.export.Dim]],
 ) -> None:
-    with warnings.catch_warnings():
-        # Notes from inside torch's exporter that say nothing about our graph: sharing one
-        # Dim across inputs is intended, and the LeafSpec deprecation is torch's own call.
-        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
-        warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*", category=FutureWarning)
-        torch.onnx.export(
-            module.eval(),
-            args,
-            str(path),
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_shapes=dynamic_shapes,
-            opset_version=OPSET,
-            dynamo=True,
-            external_data=False,  # one self-contained file; the device models are small
-            verbose=False,
-        )
+    # The exporter logs a warning per torchvision operator it cannot register when torchvision
+    # is not installed; the device graphs use none of them.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # Notes from inside torch's exporter that say nothing about our graph: sharing one
+            # Dim across inputs is intended, and the LeafSpec deprecation is torch's own call.
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+            warnings.filterwarnings(
+                "ignore", message=".*treespec, LeafSpec.*", category=FutureWarning
+            )
+            torch.onnx.export(
+                module.eval(),
+                args,
+                str(path),
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_shapes=dynamic_shapes,
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,  # one self-contained file; the device models are small
+                verbose=False,
+            )
+    finally:
+        registration.setLevel(level)
 
 
 def _frozen_copy(model: TTT4Rec) -> TTT4Rec:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable
-from typing import TextIO
+from functools import cache
+from typing import TYPE_CHECKING, TextIO
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 NO_PROGRESS_ENV = "LSC4REC_NO_PROGRESS"
 LOG_INTERVAL_S = 30.0  # at most one progress line this often when writing to a log
@@ -44,14 +46,21 @@ class _LineStream:
         self.stream.flush()
 
 
-class _LogBar(tqdm):
-    """A bar for logs: a new postfix or description waits for the next timed line."""
+@cache
+def _log_bar_class() -> type:
+    """tqdm is imported on the first bar: the device runtime imports this module without it."""
+    from tqdm import tqdm
 
-    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
-        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+    class _LogBar(tqdm):
+        """A bar for logs: a new postfix or description waits for the next timed line."""
 
-    def set_description(self, desc=None, refresh=True):
-        super().set_description(desc, refresh=False)
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+            super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+        def set_description(self, desc=None, refresh=True):
+            super().set_description(desc, refresh=False)
+
+    return _LogBar
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -80,12 +89,14 @@ def progress_bar(
         unit: what one step is called.
         stream: where the bar goes.
     """
+    from tqdm import tqdm
+
     stream = stream or sys.stderr
     disable = not (enabled and progress_allowed())
     if _is_terminal(stream):
         return tqdm(iterable, desc=desc, total=total, disable=disable, leave=leave, unit=unit,
                     file=stream)  # fmt: skip
-    return _LogBar(
+    return _log_bar_class()(
         iterable,
         desc=desc,
         total=total,
@@ -103,4 +114,6 @@ def progress_bar(
 def progress_write(message: str, enabled: bool = True) -> None:
     """Print `message` on stdout without breaking a bar being drawn (shown if `enabled`)."""
     if enabled:
+        from tqdm import tqdm
+
         tqdm.write(message)

@@ -29,11 +29,11 @@ def pins(path: Path) -> dict[str, str]:
 
 
 def declared() -> list[Requirement]:
-    """The runtime and dev dependencies of pyproject.toml (the extras `make test` installs)."""
+    """The device runtime, the full install and the dev tools of pyproject.toml (what `make
+    test` installs)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [
-        Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]
-    ]
+    extras = project["optional-dependencies"]
+    return [Requirement(r) for r in project["dependencies"] + extras["full"] + extras["dev"]]
 
 
 def locked() -> dict[str, str]:

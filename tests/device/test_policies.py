@@ -252,6 +252,7 @@ def test_registry():
         "consistency",
         "budget",
         "learned",
+        "rate_controlled",
     }
     assert build_policy("random", p=0.2, seed=4).knob == 0.2
     assert build_policy("periodic", m=7).label == "periodic(7)"

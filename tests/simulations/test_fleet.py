@@ -126,6 +126,45 @@ def test_live_fleet_equals_replay(stream, base_config, pool, replay_data):
     assert got.ranks.shape == (USERS, WINDOW)
 
 
+def test_live_bundle_with_a_learned_policy_equals_replay(
+    stream, base_config, replay_data, srm_dir, tmp_path
+):
+    """The experiment's kind of choice, shipped: a learned policy reading every surprise column,
+    under the per-device rate controller, with a tuned fusion, written to a bundle and run by
+    live devices on onnxruntime over gRPC, gives the replay's requests and ranks (the replay
+    runs the torch SRM)."""
+    from device.bundle import BundleSettings, load_bundle
+    from device.fusion import RankSigmoidFusion
+    from device.policies import FeatureConfig, LearnedPolicy, RateControlledPolicy
+    from device.policies.control import quantile_level, score_quantiles
+    from device.policies.surprise import SURPRISE_MEASURES
+    from simulations.bundle_export import export_device_bundle
+    from simulations.request_rate import fit_learned, reachable
+    from simulations.request_rate.calibration import calibrate_controlled
+
+    fusion = RankSigmoidFusion(alpha=0.7)
+    features = FeatureConfig(surprise=SURPRISE_MEASURES)
+    model, table, _ = fit_learned(replay_data, fusion, features)
+    quantiles = score_quantiles(table[:, reachable(WINDOW)])
+    level, _ = calibrate_controlled(quantile_level(table, quantiles), 0.3, gain=0.3)
+    policy = RateControlledPolicy(
+        LearnedPolicy(model, features), target_rate=0.3, quantiles=quantiles, level=level,
+        gain=0.3, seed=4,
+    )  # fmt: skip
+    settings = BundleSettings(top_k=N, request_history=L, candidates=N)
+    folder = tmp_path / "device"
+    export_device_bundle(folder, load_srm(srm_dir), policy, fusion, settings)
+    config = dataclasses.replace(base_config, srm_dir="", bundle_dir=str(folder), backend="thread")
+    live = run_fleet(stream, config)
+    assert live.summary()["requests_failed"] == 0
+    expected = replay(replay_data, load_bundle(folder).policy, fusion)
+    got = live.replay_result()
+    assert 0.1 < expected.requested.mean() < 0.6  # the policy does choose
+    np.testing.assert_array_equal(got.requested, expected.requested)
+    np.testing.assert_array_equal(got.lists_used, expected.lists_used)
+    np.testing.assert_array_equal(got.ranks, expected.ranks)
+
+
 def test_never_and_always_differ_live(stream, base_config, pool):
     """Guards the identity test: the policies must actually produce different lists."""
     never = run_fleet(stream, dataclasses.replace(base_config, policy="never"), pool)

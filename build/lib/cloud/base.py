@@ -1,0 +1,161 @@
+"""What every cloud candidate generator shares: request validation, the weight-hash model
+version, titles, and the `generator.json` beside the weights.
+
+Two generators implement it, one per file (`cloud.loading.load_generator` opens either):
+`cloud.item_lm.ItemSequenceGenerator`, the default, a decoder-only model over item tokens; and `cloud.generator.CandidateGenerator`, the
+T5/P5 prompt generator (also LoRA on a local pretrained checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.cache import weights_digest
+from shared.candidates import CandidateList
+
+GENERATOR_FILE = "generator.json"
+TITLES_FILE = "item_titles.json"
+FORMAT_VERSION = 1
+
+
+class GeneratorBase:
+    """Validation and bookkeeping of a generator; subclasses implement `generate`.
+
+    Attributes:
+        dataset_name: data set it was trained on ("" if unknown).
+        item_titles: index i = title of item i, or None.
+    """
+
+    dataset_name: str = ""
+    item_titles: list[str] | None = None
+    _model_version: str = ""
+
+    @property
+    def num_items(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def model_version(self) -> str:
+        """`<family>-<ids>-<hash of the weights>`: changes whenever the weights do."""
+        return self._model_version
+
+    def generate(
+        self, histories: Sequence[Sequence[int]], n: int = 50, batch_size: int = 32
+    ) -> list[CandidateList]:
+        """Candidate lists for a batch of requests.
+
+        Args:
+            histories: per request, the user's item ids, oldest first (the model reads the most
+                recent ones; none of the history's items are returned).
+            n: candidates per request.
+            batch_size: requests computed together (bounds memory).
+        Returns:
+            per request, a `CandidateList` of n distinct valid items outside the history,
+            best first, scored by the model's log-probability of each as the next item.
+        Raises:
+            ValueError: no histories, an empty history, an unknown item id, n < 1, or n larger
+                than the catalogue minus the history.
+        """
+        checked = self.check_request(histories, n)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out: list[CandidateList] = []
+        for start in range(0, len(checked), batch_size):
+            out.extend(self._generate_batch(checked[start : start + batch_size], n))
+        return out
+
+    def _generate_batch(self, histories: list[np.ndarray], n: int) -> list[CandidateList]:
+        """One batch of checked histories -> its lists (the kind's own decoding)."""
+        raise NotImplementedError
+
+    def title(self, item: int) -> str:
+        """Title of `item` when the data set has titles, else its identifier."""
+        if self.item_titles and self.item_titles[item]:
+            return self.item_titles[item]
+        return self.identifier(item)
+
+    def identifier(self, item: int) -> str:
+        return f"<item_{item}>"
+
+    # ----------------------------------------------------------------- requests
+
+    def check_request(self, histories: Sequence[Sequence[int]], n: int) -> list[np.ndarray]:
+        """Validate a request; returns the histories as int64 arrays.
+
+        Raises:
+            ValueError: no histories, an empty history, an unknown item id, n < 1, or n larger
+                than the catalogue minus the history.
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        if len(histories) == 0:
+            raise ValueError("no histories given")
+        return [self._check_history(h, int(n), row) for row, h in enumerate(histories)]
+
+    def _check_history(self, history: Sequence[int], n: int, row: int) -> np.ndarray:
+        items = self._item_ids(history, f"history {row}")
+        allowed = self.num_items - len(np.unique(items))
+        if n > allowed:
+            raise ValueError(
+                f"n={n} is larger than the {allowed} items outside history {row} "
+                f"(catalogue {self.num_items})"
+            )
+        return items
+
+    def _item_ids(self, values: Sequence[int], what: str) -> np.ndarray:
+        """`values` as int64 item ids; raises ValueError if empty, non-integer or unknown."""
+        items = np.asarray(values)
+        if items.size == 0:
+            raise ValueError(f"{what} is empty")
+        if items.ndim != 1 or items.dtype.kind not in "iu":
+            raise ValueError(f"{what} must be a flat list of integer item ids")
+        items = items.astype(np.int64)
+        bad = items[(items < 1) | (items > self.num_items)]
+        if bad.size:
+            raise ValueError(f"{what}: unknown item id {int(bad[0])} (ids are 1..{self.num_items})")
+        return items
+
+    # ----------------------------------------------------------------- persistence helpers
+
+    def _write_meta(self, folder: Path, kind: str, config: dict[str, Any]) -> None:
+        """`generator.json` (what to rebuild) and the titles, beside the weights."""
+        if self.item_titles is not None:
+            (folder / TITLES_FILE).write_text(json.dumps(self.item_titles))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "kind": kind,
+            "model_version": self.model_version,
+            "dataset": self.dataset_name,
+            "num_items": self.num_items,
+            "config": config,
+        }
+        (folder / GENERATOR_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def weights_version(state: dict, prefix: str) -> str:
+    """`<prefix>-<first 12 hex digits of a SHA-256 over the named weights>`."""
+    return f"{prefix}-{weights_digest(state)[:12]}"
+
+
+def read_meta(folder: str | Path) -> tuple[dict[str, Any], list[str] | None]:
+    """`generator.json` and the titles of a saved generator folder.
+
+    Raises:
+        FileNotFoundError: the folder is not a generator folder.
+        ValueError: the folder was written by a newer, unknown format.
+    """
+    folder = Path(folder)
+    meta_path = folder / GENERATOR_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{folder}: not a generator folder ({GENERATOR_FILE} missing)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{folder}: unsupported format_version {meta.get('format_version')}")
+    titles_path = folder / TITLES_FILE
+    titles = json.loads(titles_path.read_text()) if titles_path.is_file() else None
+    return meta, titles

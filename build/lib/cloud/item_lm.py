@@ -1,0 +1,312 @@
+"""The default cloud generator: a decoder-only transformer over item tokens.
+
+A `transformers` Qwen2 (or Llama) model trained from scratch as a causal language model whose
+vocabulary is the catalogue itself (token k = item k, 0 = padding). It reads a user's history
+and its next-token distribution is the next-item distribution, so the top-N among valid items
+outside the history is exact from one forward pass — no beam search.
+
+Item knowledge (optional): each item may carry attribute tokens from the data set (ml-100k:
+genres, release year and decade, title words). An item's vector is its id embedding plus the
+mean of its attributes' embeddings, used both as the model's input and as the output
+embedding it is scored with; rare items, whose id embedding is barely trained, borrow from the
+attributes they share with frequent ones.
+
+Training reuses the device's sequence-level engine (`seqrec.training.train_srm`): the model
+implements the SRM interface (`encode_positions`, `score_all`), so windows of histories train
+every position at once with the full-softmax loss, and validation Recall@N picks the epoch.
+
+    gen = ItemSequenceGenerator.create(ItemLMConfig(num_items=n), dataset_name="ml-100k")
+    train_item_lm(gen, split)                      # cloud.item_lm_training
+    lists = gen.generate([[12, 45, 78]], n=50)     # list[CandidateList]
+    gen.save_pretrained("runs/llm"); ItemSequenceGenerator.from_pretrained("runs/llm")
+
+Letters in shape comments: B requests, L history length, D hidden width, N num_items + 1,
+A attribute entries of all items.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cloud import backbone as bb
+from cloud.base import GeneratorBase, read_meta, weights_version
+from cloud.config import BackboneConfig
+from seqrec.models.base import SequentialRecommender, SRMConfig, compact_history, gather_last
+from shared.batching import pad_histories
+from shared.candidates import CandidateList
+
+ATTRIBUTES_FILE = "item_attributes.json"
+ITEM_SIDE_FILE = "item_side.safetensors"
+KINDS = ("qwen2", "llama")
+
+
+@dataclass
+class ItemLMConfig(SRMConfig):
+    """Size of the decoder-only item model (chosen on validation Recall@50, see README)."""
+
+    kind: str = "qwen2"  # transformers configuration family: "qwen2" or "llama"
+    hidden_size: int = 64  # width D of the item embeddings and the transformer
+    num_layers: int = 2  # decoder layers
+    num_heads: int = 2  # attention heads (D must be divisible by it)
+    d_ff: int = 256  # feed-forward width
+    dropout: float = 0.5  # dropout on the input item vectors during training (grid: 0.5 > 0.2)
+    attention_dropout: float = 0.5  # dropout on the attention weights during training
+    max_len: int = 50  # history items read per request (the last L)
+    num_attributes: int = 0  # size of the item-attribute vocabulary (0 = ids only)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        for name in ("num_layers", "num_heads", "d_ff"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads "
+                f"({self.num_heads})"
+            )
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
+        if self.num_attributes < 0:
+            raise ValueError(f"num_attributes must be >= 0, got {self.num_attributes}")
+
+
+def build_decoder(config: ItemLMConfig):
+    """A randomly initialised Qwen2/Llama causal LM whose vocabulary is the catalogue."""
+
+    backbone = BackboneConfig(
+        kind=config.kind,
+        d_model=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        d_ff=config.d_ff,
+        dropout=config.attention_dropout,
+        max_positions=max(16, config.max_len),
+    )
+    return bb.build_decoder_only(backbone, config.num_items + 1, pad_id=0, eos_id=None)
+
+
+class ItemLanguageModel(SequentialRecommender):
+    """Item vectors → transformers decoder → hidden state · item vectors = next-item logits.
+
+    Args:
+        config: sizes.
+        attributes: per item 0..num_items, its attribute indices (< `config.num_attributes`);
+            needed when `num_attributes > 0`.
+        decoder: an existing transformers causal LM (when loading); None builds a new one.
+    """
+
+    name = "item-lm"
+    config_class = ItemLMConfig
+
+    def __init__(
+        self,
+        config: ItemLMConfig,
+        attributes: Sequence[Sequence[int]] | None = None,
+        decoder=None,
+    ) -> None:
+        super().__init__(config)
+        self.lm = decoder if decoder is not None else build_decoder(config)
+        self.input_dropout = nn.Dropout(config.dropout)
+        self.attributes = None
+        if config.num_attributes:
+            if attributes is None or len(attributes) != config.num_items + 1:
+                raise ValueError("num_attributes > 0 needs the attributes of items 0..num_items")
+            self.attributes = nn.EmbeddingBag(
+                config.num_attributes, config.hidden_size, mode="mean"
+            )
+            nn.init.normal_(self.attributes.weight, std=0.02)
+            flat = [int(a) for row in attributes for a in row]
+            offsets = np.cumsum([0] + [len(row) for row in attributes[:-1]])
+            self.register_buffer("attr_index", torch.tensor(flat, dtype=torch.long))  # [A]
+            self.register_buffer("attr_offsets", torch.tensor(offsets, dtype=torch.long))  # [N]
+
+    @property
+    def item_embedding(self) -> nn.Embedding:
+        return self.lm.get_input_embeddings()
+
+    def all_item_features(self) -> torch.Tensor:
+        """`[N, D]`: id embedding plus the mean of the item's attribute embeddings."""
+        features = self.item_embedding.weight
+        if self.attributes is not None:
+            features = features + self.attributes(self.attr_index, self.attr_offsets)
+        return features
+
+    def item_features(self, items: torch.Tensor) -> torch.Tensor:
+        return self.all_item_features()[items]
+
+    def encode_positions(
+        self, history: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`[B, L]` right-padded ids -> `[B, L, D]` decoder states (causal: row t reads 0..t).
+
+        `features`: `all_item_features()` when the caller already has them (computed once).
+        """
+        features = self.all_item_features() if features is None else features
+        inputs = self.input_dropout(features[history])  # [B, L, D]
+        mask = (history != 0).long()
+        return self.lm.model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
+
+    def encode(self, history: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """`[B, L_in]` ids (0 = padding anywhere) -> `[B, D]` state after the last click."""
+        compact, lengths = compact_history(history, self.config.max_len)
+        return gather_last(self.encode_positions(compact, features), lengths)
+
+    def score(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        features = self.all_item_features()
+        state = self.encode(history, features)  # [B, D]
+        return (features[items] @ state.unsqueeze(-1)).squeeze(-1)  # [B, C]
+
+    def score_all(self, history: torch.Tensor) -> torch.Tensor:
+        features = self.all_item_features()  # once: the input and the output embedding
+        return self.encode(history, features) @ features.t()  # [B, D] @ [D, N]
+
+    def score_positions_all(self, history: torch.Tensor) -> torch.Tensor:
+        features = self.all_item_features()
+        return self.encode_positions(history, features) @ features.t()  # [B, L, D] @ [D, N]
+
+
+def attribute_vocabulary(
+    item_attributes: Sequence[Sequence[str]], min_count: int = 2
+) -> tuple[list[str], list[list[int]]]:
+    """The attribute tokens shared by at least `min_count` items, and each item's indices.
+
+    A token only one item has is an alias of its id and adds nothing an id embedding cannot.
+    """
+    counts = Counter(token for tokens in item_attributes for token in set(tokens))
+    vocabulary = sorted(t for t, c in counts.items() if c >= min_count)
+    position = {t: i for i, t in enumerate(vocabulary)}
+    per_item = [
+        sorted({position[t] for t in tokens if t in position}) for tokens in item_attributes
+    ]
+    return vocabulary, per_item
+
+
+class ItemSequenceGenerator(GeneratorBase):
+    """The item model as a candidate generator: exact top-N over items outside the history.
+
+    Attributes:
+        model: the `ItemLanguageModel` (its `lm` is a transformers causal LM).
+        attribute_names: the attribute vocabulary (empty without item knowledge).
+    """
+
+    def __init__(
+        self,
+        model: ItemLanguageModel,
+        dataset_name: str = "",
+        item_titles: Sequence[str] | None = None,
+        attribute_names: Sequence[str] = (),
+        model_version: str = "",
+    ) -> None:
+        self.model = model.eval()
+        self.dataset_name = dataset_name
+        self.item_titles = list(item_titles) if item_titles is not None else None
+        self.attribute_names = list(attribute_names)
+        self._model_version = model_version or self.refresh_model_version()
+
+    @classmethod
+    def create(
+        cls,
+        config: ItemLMConfig,
+        dataset_name: str = "",
+        item_titles: Sequence[str] | None = None,
+        item_attributes: Sequence[Sequence[str]] | None = None,
+        seed: int = 0,
+    ) -> ItemSequenceGenerator:
+        """A new, untrained generator; `item_attributes` (index i = item i's tokens) turns on
+        item knowledge."""
+        torch.manual_seed(seed)
+        names, per_item = [], None
+        if item_attributes is not None:
+            names, per_item = attribute_vocabulary(item_attributes)
+        config.num_attributes = len(names)
+        model = ItemLanguageModel(config, per_item if names else None)
+        return cls(model, dataset_name, item_titles, names)
+
+    @property
+    def config(self) -> ItemLMConfig:
+        return self.model.config
+
+    @property
+    def num_items(self) -> int:
+        return self.config.num_items
+
+    def refresh_model_version(self) -> str:
+        self._model_version = weights_version(self.model.state_dict(), f"{self.config.kind}-items")
+        return self._model_version
+
+    @torch.inference_mode()
+    def _generate_batch(self, histories: list[np.ndarray], n: int) -> list[CandidateList]:
+        self.model.eval()
+        padded = torch.from_numpy(pad_histories(histories, self.config.max_len))  # [B, L]
+        log_probs = torch.log_softmax(self.model.score_all(padded)[:, 1:], dim=-1)  # [B, N-1]
+        for row, history in enumerate(histories):
+            log_probs[row, torch.from_numpy(history - 1)] = float("-inf")  # whole history
+        scores, index = torch.topk(log_probs, n, dim=-1)  # exact top-N, sorted
+        version = self.model_version
+        return [
+            CandidateList(
+                items=(index[row] + 1).numpy().astype(np.int64),
+                scores=scores[row].numpy().astype(np.float32),
+                model_version=version,
+            )
+            for row in range(len(histories))
+        ]
+
+    # ----------------------------------------------------------------- persistence
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write the transformers model (`model/`), the item side (attribute embeddings), the
+        attribute vocabulary, titles and config into one folder (no pickle)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        bb.save_model(self.model.lm, folder)
+        side = {k: v.contiguous() for k, v in self.model.state_dict().items() if k[:3] != "lm."}
+        if side:
+            save_file(side, str(folder / ITEM_SIDE_FILE))
+        if self.attribute_names:
+            (folder / ATTRIBUTES_FILE).write_text(json.dumps(self.attribute_names))
+        self._write_meta(folder, "item-lm", self.config.to_dict())
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> ItemSequenceGenerator:
+        """Load a folder written by `save_pretrained`.
+
+        Raises:
+            FileNotFoundError: the folder or one of its parts is missing.
+            ValueError: the folder was written by a newer, unknown format.
+        """
+        folder = Path(folder)
+        meta, titles = read_meta(folder)
+        config = ItemLMConfig(**meta["config"])
+        side, per_item, names = {}, None, []
+        if config.num_attributes:
+            side = load_file(str(folder / ITEM_SIDE_FILE))
+            per_item = _rows(side["attr_index"], side["attr_offsets"])
+            names = json.loads((folder / ATTRIBUTES_FILE).read_text())
+        model = ItemLanguageModel(config, per_item, decoder=bb.load_model(folder))
+        if side:
+            model.attributes.weight.data.copy_(side["attributes.weight"])
+        return cls(
+            model,
+            dataset_name=meta.get("dataset", ""),
+            item_titles=titles,
+            attribute_names=names,
+            model_version=meta["model_version"],
+        )
+
+
+def _rows(index: torch.Tensor, offsets: torch.Tensor) -> list[list[int]]:
+    """The per-item attribute lists an EmbeddingBag's flat index and offsets encode."""
+    bounds = offsets.tolist() + [len(index)]
+    return [index[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]

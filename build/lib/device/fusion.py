@@ -1,0 +1,308 @@
+"""Score fusion: merge the cloud LLM's ranking of a cached candidate list with the SRM's scores.
+
+Every fusion maps a batch of candidate lists to fused scores (higher = shown earlier):
+
+    fused = fusion(llm_scores [U, N], srm_logits [U, N], valid [U, N]) -> [U, N]
+
+`valid` marks the slots that may be shown: not padding (id 0) and not already in the user's
+history (a clicked item is never recommended again). Invalid slots get `-inf`. Ranks are
+taken among the valid slots only, so removing a clicked item moves the items below it up.
+
+Conventions shared with `device.consistency`:
+    * the LLM rank `j` of an item is its 0-based position among the valid slots in list
+      order (lists arrive best first);
+    * the SRM rank orders the valid slots by descending logit, ties kept in LLM order, so an
+      SRM with no opinion agrees with the LLM;
+    * the final order sorts by fused score, ties kept in LLM order.
+
+Fusions are small frozen dataclasses, selectable by name through `FUSIONS` / `build_fusion`.
+
+Letters used in shape comments:
+    U  users (rows)     N  list length (slots, padding included)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from shared import registry
+from shared.candidates import CandidateList
+
+_BIG = 1e30  # stands in for ±inf / NaN logits so that sort keys stay finite
+
+
+def as_batch(values: Any, dtype: type = np.float64) -> np.ndarray:
+    """A `[U, N]` array from a `[N]` or `[U, N]` array-like (torch tensors included)."""
+    if hasattr(values, "detach"):  # a torch tensor; numpy never needs to import torch here
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values, dtype=dtype)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2:
+        raise ValueError(f"expected a [N] or [U, N] array, got shape {array.shape}")
+    return array
+
+
+def valid_mask(items: Any, histories: Sequence[Iterable[int]] | None = None) -> np.ndarray:
+    """Which slots may be shown: not padding and not in the user's history.
+
+    Args:
+        items: `[U, N]` (or `[N]`) candidate ids, 0 = padding.
+        histories: per row, the items the user already clicked (None = no history).
+    Returns:
+        `[U, N]` bool.
+    """
+    items = as_batch(items, np.int64)
+    valid = items != 0
+    if histories is None:
+        return valid
+    if len(histories) != items.shape[0]:
+        raise ValueError(f"got {len(histories)} histories for {items.shape[0]} candidate lists")
+    for row, history in enumerate(histories):
+        seen = np.fromiter(history, dtype=np.int64)
+        if seen.size:
+            valid[row] &= ~np.isin(items[row], seen)
+    return valid
+
+
+def list_ranks(srm_logits: Any, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """0-based LLM and SRM ranks of every valid slot; invalid slots get rank `N`.
+
+    Args:
+        srm_logits: `[U, N]` SRM logits of the listed items.
+        valid: `[U, N]` bool, slots that take part.
+    Returns:
+        `(r_llm, r_srm, n)`: `[U, N]` int64 ranks and `[U]` number of valid slots.
+    """
+    logits = as_batch(srm_logits)
+    valid = as_batch(valid, bool)
+    if logits.shape != valid.shape:
+        raise ValueError(f"srm_logits {logits.shape} and valid {valid.shape} differ in shape")
+    width = valid.shape[1]
+    n = valid.sum(axis=1)  # [U]
+    r_llm = np.where(valid, np.cumsum(valid, axis=1) - 1, width)  # [U, N]
+    # Invalid slots sort last; a stable sort keeps LLM order among equal logits.
+    key = np.where(valid, -np.nan_to_num(logits, nan=-_BIG, posinf=_BIG, neginf=-_BIG), np.inf)
+    order = np.argsort(key, axis=1, kind="stable")  # [U, N] slot indices, best SRM first
+    r_srm = np.empty_like(order)
+    np.put_along_axis(r_srm, order, np.broadcast_to(np.arange(width), order.shape), axis=1)
+    return r_llm, np.where(valid, r_srm, width), n
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """σ(x) = 1 / (1 + e^(−x)), computed without overflow for large |x|."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+class Fusion:
+    """Base of the fusions: `__call__(llm_scores, srm_logits, valid) -> [U, N]` fused scores."""
+
+    name: ClassVar[str] = ""
+
+    def __call__(self, llm_scores: Any, srm_logits: Any, valid: np.ndarray) -> np.ndarray:
+        llm = as_batch(llm_scores)
+        srm = as_batch(srm_logits)
+        valid = as_batch(valid, bool)
+        if not llm.shape == srm.shape == valid.shape:
+            raise ValueError(
+                f"llm_scores {llm.shape}, srm_logits {srm.shape} and valid {valid.shape} "
+                "must have the same shape"
+            )
+        fused = self.fuse(llm, srm, valid)  # [U, N]
+        return np.where(valid, fused, -np.inf)
+
+    def fuse(self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Fused scores of every slot (invalid slots are masked by the caller)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class RankSigmoidFusion(Fusion):
+    """LSC4Rec's fusion: `α·(1 − j/N) + (1 − α)·σ(s)`.
+
+    `j` is the 0-based LLM rank among the valid slots, `N` the number of valid slots, `s`
+    the SRM logit. The LLM term runs from 1 (top) down to 1/N; the SRM term is a probability.
+    """
+
+    name: ClassVar[str] = "lsc4rec"
+    alpha: float = 0.5  # weight of the LLM rank term; LSC4Rec's headline setting
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+
+    def fuse(self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        r_llm, _, n = list_ranks(srm, valid)
+        rank_term = 1.0 - r_llm / np.maximum(n, 1)[:, None]  # [U, N]
+        return self.alpha * rank_term + (1.0 - self.alpha) * sigmoid(srm)
+
+
+@dataclass(frozen=True)
+class ScoreBlendFusion(Fusion):
+    """Blend of normalised LLM log-probabilities and SRM probabilities: `β·ℓ̂ + (1 − β)·σ(s)`.
+
+    `ℓ̂` normalises the LLM log-probabilities `ℓ` over the valid slots of the list:
+        "minmax":  ℓ̂ = (ℓ − min ℓ) / (max ℓ − min ℓ)     (1 everywhere when all are equal)
+        "softmax": ℓ̂ = exp(ℓ / τ) / Σ exp(ℓ / τ)         (sums to 1; small terms for long lists)
+    Unlike the rank fusions this one sees how sure the LLM was, not just its order.
+    """
+
+    name: ClassVar[str] = "blend"
+    beta: float = 0.5  # weight of the LLM term
+    normalize: str = "minmax"  # "minmax" keeps both terms in [0, 1]; "softmax" is a distribution
+    temperature: float = 1.0  # τ for "softmax"; > 1 flattens the LLM's distribution
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {self.beta}")
+        if self.normalize not in ("minmax", "softmax"):
+            raise ValueError(f"normalize must be 'minmax' or 'softmax', got {self.normalize!r}")
+        if self.temperature <= 0.0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    def fuse(self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        if self.normalize == "minmax":
+            llm_term = _minmax(llm, valid)
+        else:
+            llm_term = _softmax(llm / self.temperature, valid)
+        return self.beta * llm_term + (1.0 - self.beta) * sigmoid(srm)
+
+
+def _minmax(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(x − min) / (max − min) over each row's valid slots; 1 where the row is constant."""
+    low = np.where(valid, x, np.inf).min(axis=1, keepdims=True)  # [U, 1]
+    high = np.where(valid, x, -np.inf).max(axis=1, keepdims=True)  # [U, 1]
+    span = high - low
+    safe = np.where(np.isfinite(span) & (span > 0), span, 1.0)
+    return np.where(span > 0, (x - low) / safe, 1.0)
+
+
+def _softmax(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Softmax over each row's valid slots (0 elsewhere)."""
+    shifted = np.where(valid, x, -np.inf)
+    top = shifted.max(axis=1, keepdims=True)
+    e = np.where(valid, np.exp(shifted - np.where(np.isfinite(top), top, 0.0)), 0.0)
+    return e / np.maximum(e.sum(axis=1, keepdims=True), 1e-300)
+
+
+@dataclass(frozen=True)
+class ReciprocalRankFusion(Fusion):
+    """Reciprocal-rank fusion (Cormack et al. 2009): `1/(k + r_llm) + 1/(k + r_srm)`.
+
+    Ranks are 1-based (the top item has rank 1) among the valid slots. Only the two orders
+    matter, so neither model's score scale can dominate.
+    """
+
+    name: ClassVar[str] = "rrf"
+    k: float = 60.0  # damping constant from the original paper; larger = flatter
+
+    def __post_init__(self) -> None:
+        if self.k < 0.0:
+            raise ValueError(f"k must be >= 0, got {self.k}")
+
+    def fuse(self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        r_llm, r_srm, _ = list_ranks(srm, valid)
+        return 1.0 / (self.k + r_llm + 1.0) + 1.0 / (self.k + r_srm + 1.0)
+
+
+@dataclass(frozen=True)
+class LLMOnlyFusion(Fusion):
+    """The LLM's own order: `1 − j/N` (the reference with no SRM)."""
+
+    name: ClassVar[str] = "llm_only"
+
+    def fuse(self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        r_llm, _, n = list_ranks(srm, valid)
+        return 1.0 - r_llm / np.maximum(n, 1)[:, None]
+
+
+@dataclass(frozen=True)
+class SRMOnlyFusion(Fusion):
+    """The SRM's own order inside the LLM's list: `σ(s)` (ties kept in LLM order)."""
+
+    name: ClassVar[str] = "srm_only"
+
+    def fuse(self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        return sigmoid(srm)
+
+
+FUSIONS: dict[str, type[Fusion]] = {
+    RankSigmoidFusion.name: RankSigmoidFusion,
+    ScoreBlendFusion.name: ScoreBlendFusion,
+    ReciprocalRankFusion.name: ReciprocalRankFusion,
+    LLMOnlyFusion.name: LLMOnlyFusion,
+    SRMOnlyFusion.name: SRMOnlyFusion,
+}
+
+
+def build_fusion(name: str = "lsc4rec", **kwargs: Any) -> Fusion:
+    """The fusion registered under `name`, built with its fields (e.g. `alpha=1/3`).
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones), unknown field or bad value.
+    """
+    return registry.build(FUSIONS, "fusion", name, **kwargs)
+
+
+def rank_order(fused: np.ndarray) -> np.ndarray:
+    """Slot indices `[U, N]` by descending fused score, ties in LLM (slot) order."""
+    key = -np.nan_to_num(as_batch(fused), nan=-np.inf)
+    return np.argsort(key, axis=1, kind="stable")
+
+
+def rerank_batch(
+    items: Any,
+    llm_scores: Any,
+    srm_logits: Any,
+    valid: np.ndarray,
+    fusion: Fusion,
+    k: int | None = None,
+) -> np.ndarray:
+    """Final item orders of a batch of lists: `[U, k]` ids, best first, 0 where a row runs out.
+
+    Args:
+        items: `[U, N]` candidate ids (LLM order).
+        llm_scores: `[U, N]` LLM log-probabilities.
+        srm_logits: `[U, N]` SRM logits of the same items.
+        valid: `[U, N]` bool, slots that may be shown (see `valid_mask`).
+        fusion: how to merge the two.
+        k: how many to return (default: all `N`).
+    """
+    items = as_batch(items, np.int64)
+    fused = fusion(llm_scores, srm_logits, valid)  # [U, N]
+    order = rank_order(fused)[:, : items.shape[1] if k is None else k]  # [U, k]
+    ranked = np.take_along_axis(items, order, axis=1)
+    shown = np.take_along_axis(np.isfinite(fused), order, axis=1)
+    return np.where(shown, ranked, 0)
+
+
+def rerank(
+    candidates: CandidateList,
+    srm_logits: Any,
+    history: Iterable[int] = (),
+    fusion: Fusion | None = None,
+    k: int | None = None,
+) -> np.ndarray:
+    """One user's final order: the cached list, history items removed, sorted by fused score.
+
+    Args:
+        candidates: the cached list (items best first, LLM log-probabilities).
+        srm_logits: `[N]` SRM logits of `candidates.items`.
+        history: items the user already clicked; they are never shown.
+        fusion: default `RankSigmoidFusion()` (α = 0.5).
+        k: how many items to return (default: every valid one).
+    Returns:
+        `[≤ k]` int64 item ids, best first.
+    """
+    fusion = RankSigmoidFusion() if fusion is None else fusion
+    valid = valid_mask(candidates.items, [list(history)])
+    ranked = rerank_batch(candidates.items, candidates.scores, srm_logits, valid, fusion, k)[
+        0
+    ]  # [k]
+    return ranked[ranked != 0]

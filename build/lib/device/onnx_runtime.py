@@ -1,0 +1,181 @@
+"""Run exported TTT4Rec graphs under onnxruntime: the device's SRM, in numpy, without torch.
+
+`OnnxTTT4Rec` offers `init_state`, `step`, `step_with_surprise`, `score_features` and `encode`
+like the torch `TTT4Rec`, on a carried `OnnxState` (numpy arrays in the format of
+`shared.device_format`; a state the torch model wrote with `to_bytes` reads back with
+`OnnxState.from_bytes`). The initial state and the config come from the step graph's
+metadata, so the two `.onnx` files are all a device needs.
+
+Letters used in shape comments:
+    B  batch (users)    L  history length    C  candidates    D  hidden width
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from shared.device_format import (
+    CANDIDATES_INPUT,
+    CONFIG_KEY,
+    FEATURES_INPUT,
+    INIT_STATE_KEY,
+    ITEMS_INPUT,
+    SCORES_OUTPUT,
+    STATE_NAMES,
+    SURPRISE_OUTPUT,
+    decode_state,
+    encode_state,
+    state_dtype,
+    state_output_names,
+)
+
+_FEATURE = STATE_NAMES.index("feature")
+
+
+def session_options(num_threads: int = 1) -> ort.SessionOptions:
+    """Session options for a device: `num_threads` intra-op threads, sequential execution.
+
+    One thread is the default because a phone runs the reranker beside the app, and a
+    one-click graph is too small to gain from more.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = num_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def as_array(value: Any, dtype: type) -> np.ndarray:
+    """A C-contiguous `dtype` array of `value` (no copy when it already is one). Accepts any
+    array-like, torch tensors included (through their `numpy()`), without importing torch."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    value = np.asarray(value)
+    if value.dtype != dtype or not value.flags.c_contiguous:
+        value = np.ascontiguousarray(value, dtype=dtype)
+    return value
+
+
+@dataclass(frozen=True)
+class OnnxState:
+    """The carried state of a batch of users: numpy arrays in `STATE_NAMES` order."""
+
+    arrays: tuple[np.ndarray, ...]
+
+    @property
+    def feature(self) -> np.ndarray:
+        """`[B, D]` F_s after the last click."""
+        return self.arrays[_FEATURE]
+
+    def tensors(self) -> tuple[np.ndarray, ...]:
+        return self.arrays
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> OnnxState:
+        """A state stored with `to_bytes` (or the torch model's `TTT4RecState.to_bytes`)."""
+        arrays = decode_state(data)
+        return cls(tuple(arrays[name] for name in STATE_NAMES))
+
+    def to_bytes(self) -> bytes:
+        return encode_state(dict(zip(STATE_NAMES, self.arrays)))
+
+    @classmethod
+    def cat(cls, states: Sequence[OnnxState]) -> OnnxState:
+        """Concatenate states of several user groups along the batch dimension."""
+        if not states:
+            raise ValueError("cat needs at least one state")
+        return cls(tuple(np.concatenate(parts) for parts in zip(*(s.arrays for s in states))))
+
+
+class OnnxTTT4Rec:
+    """onnxruntime twin of `TTT4Rec`'s device API (step + candidate scoring).
+
+    Args:
+        step_path: graph written by `seqrec.onnx_export.export_step`.
+        scorer_path: graph written by `seqrec.onnx_export.export_scorer`.
+        num_threads: intra-op threads per session (1 by default).
+    Raises:
+        ValueError: if the step graph lacks the initial-state metadata.
+    """
+
+    stateful = True
+
+    def __init__(
+        self, step_path: str | Path, scorer_path: str | Path, num_threads: int = 1
+    ) -> None:
+        options = session_options(num_threads)
+        providers = ["CPUExecutionProvider"]
+        self.step_session = ort.InferenceSession(str(step_path), options, providers=providers)
+        self.scorer_session = ort.InferenceSession(str(scorer_path), options, providers=providers)
+        metadata = self.step_session.get_modelmeta().custom_metadata_map
+        if INIT_STATE_KEY not in metadata:
+            raise ValueError(f"{step_path} has no {INIT_STATE_KEY!r} metadata; use export_step")
+        self._init_state = OnnxState.from_bytes(base64.b64decode(metadata[INIT_STATE_KEY]))
+        self.config: dict[str, Any] = json.loads(metadata.get(CONFIG_KEY, "{}"))
+        self._dtypes = [state_dtype(name) for name in STATE_NAMES]
+        self._output_names = [*state_output_names(), SURPRISE_OUTPUT]
+
+    @property
+    def num_items(self) -> int | None:
+        size = self.config.get("num_items")
+        return int(size) if size else None
+
+    def init_state(self, batch_size: int = 1) -> OnnxState:
+        """Fresh state for `batch_size` users with no clicks yet."""
+        return OnnxState.cat([self._init_state] * batch_size)
+
+    def step(self, state: OnnxState, items: Any) -> tuple[OnnxState, np.ndarray]:
+        """Fold one click per user into the state (0 = no click, state kept).
+
+        Args:
+            state: the users' carried state.
+            items: `[B]` clicked item ids.
+        Returns:
+            `(state, F_s)` with `F_s` a `[B, D]` float32 array.
+        """
+        new_state, features, _ = self.step_with_surprise(state, items)
+        return new_state, features
+
+    def step_with_surprise(
+        self, state: OnnxState, items: Any
+    ) -> tuple[OnnxState, np.ndarray, np.ndarray]:
+        """`step`, plus the `[B, 5]` surprise of each click (one graph run computes both)."""
+        feeds = {
+            name: as_array(array, dtype)
+            for name, dtype, array in zip(STATE_NAMES, self._dtypes, state.arrays)
+        }
+        feeds[ITEMS_INPUT] = as_array(items, np.int64)
+        *outputs, surprise = self.step_session.run(self._output_names, feeds)
+        new_state = OnnxState(tuple(outputs))
+        return new_state, new_state.feature, surprise
+
+    def score_features(self, features: Any, items: Any) -> np.ndarray:
+        """Logits `[B, C]` of candidate ids `items [B, C]` for user features `[B, D]`."""
+        feeds = {
+            FEATURES_INPUT: as_array(features, np.float32),
+            CANDIDATES_INPUT: as_array(items, np.int64),
+        }
+        (scores,) = self.scorer_session.run([SCORES_OUTPUT], feeds)
+        return scores
+
+    def encode(self, history: Any) -> np.ndarray:
+        """`F_s [B, D]` by stepping `history [B, L]` click by click (pads are skipped)."""
+        history = as_array(history, np.int64)
+        state = self.init_state(history.shape[0])
+        features = state.feature
+        for t in range(history.shape[1]):
+            state, features = self.step(state, history[:, t])
+        return features
+
+    def score(self, history: Any, items: Any) -> np.ndarray:
+        """Logits `[B, C]` of `items` after `history` (O(L) steps; devices keep the state)."""
+        return self.score_features(self.encode(history), items)

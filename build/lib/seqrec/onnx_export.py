@@ -1,0 +1,183 @@
+"""Export TTT4Rec's per-click step and candidate scorer as loop-free ONNX graphs.
+
+The step graph takes the carried state as explicit inputs and returns the new state and
+the click's surprise (`seqrec.models.surprise`), so a runtime needs nothing but the graph
+and the state bytes; the mini-batch commit is a `Where` on `pos == M − 1`, never control
+flow. The scorer reads item features from a table
+precomputed at export time (embedding → MLP for every item), so a rerank is one gather and
+one batched dot product.
+
+Letters used in shape comments:
+    B  batch (users)    C  candidates    D  hidden width    I  num_items + 1
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from seqrec.models.ttt4rec import TTT4Rec, TTT4RecState
+from shared.device_format import (
+    CANDIDATES_INPUT,
+    CONFIG_KEY,
+    FEATURES_INPUT,
+    INIT_STATE_KEY,
+    ITEMS_INPUT,
+    SCORES_OUTPUT,
+    SURPRISE_OUTPUT,
+    state_output_names,
+)
+
+OPSET = 18  # >= 17 for LayerNormalization; 18 is what the torch exporter emits natively
+FORBIDDEN_OPS = frozenset({"Loop", "Scan", "If", "SequenceMap"})
+
+
+class _StepGraph(nn.Module):
+    """`(state tensors…, items [B]) -> (new state tensors…, surprise [B, 5])`;
+    `feature_out` is `F_s`. The item-feature table for the surprise is a constant."""
+
+    def __init__(self, model: TTT4Rec) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("table", model.all_item_features())  # [I, D]
+
+    def forward(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        grad_weight: torch.Tensor,
+        grad_bias: torch.Tensor,
+        pos: torch.Tensor,
+        feature: torch.Tensor,
+        recent: torch.Tensor,
+        items: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        state = TTT4RecState(weight, bias, grad_weight, grad_bias, pos, feature, recent)
+        new_state, _, surprise = self.model.step_with_surprise(state, items, self.table)
+        return (*new_state.tensors(), surprise)
+
+
+class _ScorerGraph(nn.Module):
+    """`(F_s [B, D], candidates [B, C]) -> scores [B, C]` against a fixed item-feature table."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("table", table)  # [I, D]
+
+    def forward(self, features: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        targets = self.table[candidates]  # [B, C] -> [B, C, D]
+        return (targets @ features.unsqueeze(-1)).squeeze(-1)  # [B, C, D] @ [B, D, 1] -> [B, C]
+
+
+def _export(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_shapes: dict[str, dict[int, torch.export.Dim]],
+) -> None:
+    with warnings.catch_warnings():
+        # Notes from inside torch's exporter that say nothing about our graph: sharing one
+        # Dim across inputs is intended, and the LeafSpec deprecation is torch's own call.
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+        warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*", category=FutureWarning)
+        torch.onnx.export(
+            module.eval(),
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,  # one self-contained file; the device models are small
+            verbose=False,
+        )
+
+
+def _frozen_copy(model: TTT4Rec) -> TTT4Rec:
+    """A float32, eval-mode copy, so exporting never changes the caller's model."""
+    return copy.deepcopy(model).float().eval()
+
+
+def _check_loop_free(path: Path) -> onnx.ModelProto:
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    found = sorted({node.op_type for node in graph.graph.node} & FORBIDDEN_OPS)
+    if found:
+        raise RuntimeError(f"exported graph {path} contains control flow: {found}")
+    return graph
+
+
+def export_step(model: TTT4Rec, path: str | Path) -> Path:
+    """Write the one-click step graph; the model's initial state and config go in metadata.
+
+    Inputs: `weight, bias, grad_weight, grad_bias, pos, feature, recent` (a `TTT4RecState`,
+    batch dimension `batch` dynamic) and `items [B]` int64. Outputs: the same tensors
+    suffixed `_out` (`feature_out` is `F_s`), then `surprise [B, 5]`.
+
+    Args:
+        model: the TTT4Rec to export (exported in eval mode, float32).
+        path: destination `.onnx` file; parent folders are created.
+    Returns:
+        The path written.
+    Raises:
+        RuntimeError: if the exported graph contains control-flow operators.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = _frozen_copy(model)
+    state = model.init_state(2)
+    state.pos = torch.tensor([0, model.config.mini_batch_size - 1])  # both commit branches
+    items = torch.tensor([1, 0])
+    names = [*TTT4RecState.names(), ITEMS_INPUT]
+    batch = torch.export.Dim("batch")
+    dynamic = {name: {0: batch} for name in names}
+    outputs = [*state_output_names(), SURPRISE_OUTPUT]
+    with torch.no_grad():
+        args = (*state.tensors(), items)
+        _export(_StepGraph(model), args, path, names, outputs, dynamic)
+    graph = _check_loop_free(path)
+    init_bytes = model.init_state(1).to_bytes()
+    metadata = {
+        INIT_STATE_KEY: base64.b64encode(init_bytes).decode("ascii"),
+        CONFIG_KEY: json.dumps(model.config.to_dict()),
+    }
+    for key, value in metadata.items():
+        graph.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.save(graph, str(path))
+    return path
+
+
+def export_scorer(model: TTT4Rec, path: str | Path) -> Path:
+    """Write the candidate scorer: `features [B, D]`, `candidates [B, C]` -> `scores [B, C]`.
+
+    Args:
+        model: the TTT4Rec whose item features (embedding → MLP) are tabulated.
+        path: destination `.onnx` file; parent folders are created.
+    Returns:
+        The path written.
+    Raises:
+        RuntimeError: if the exported graph contains control-flow operators.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = _frozen_copy(model)
+    with torch.no_grad():
+        table = model.target_mlp(model.item_embedding.weight)  # [I, D]
+        features = torch.zeros(2, model.config.hidden_size)
+        candidates = torch.ones(2, 3, dtype=torch.long)
+        batch, count = torch.export.Dim("batch"), torch.export.Dim("candidates")
+        dynamic = {FEATURES_INPUT: {0: batch}, CANDIDATES_INPUT: {0: batch, 1: count}}
+        names = [FEATURES_INPUT, CANDIDATES_INPUT]
+        _export(_ScorerGraph(table), (features, candidates), path, names, [SCORES_OUTPUT], dynamic)
+    _check_loop_free(path)
+    return path

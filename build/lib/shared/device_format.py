@@ -1,0 +1,110 @@
+"""What the training side hands a device, in numpy terms: the contract between `seqrec` (torch
+models, ONNX export) and `device` (the torch-free runtime), which never import each other.
+
+- The surprise columns a step reports for each click, and the drift window.
+- The names of the ONNX graphs' inputs, outputs and metadata keys.
+- TTT4Rec's carried state as bytes (format TTS2): a header, then fp32 tensors and int32 `pos`,
+  little-endian. `seqrec.models.ttt4rec.TTT4RecState` writes it from torch tensors; a device
+  reads it into numpy arrays.
+
+Letters used in shape comments:
+    B  users    N  TTT layers    H  heads    F  head width    D  hidden width    R  recent clicks
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+# ---------------------------------------------------------------- surprise
+
+SURPRISE_COLUMNS: tuple[str, ...] = ("logit", "nll", "catalogue_rank", "drift", "inner_loss")
+DRIFT_WINDOW = 4  # last clicks whose mean F_t a click's drift is measured from
+
+# ---------------------------------------------------------------- the ONNX graphs
+
+ITEMS_INPUT = "items"  # step graph: [B] the clicks
+FEATURES_INPUT = "features"  # scorer graph: [B, D] F_s
+CANDIDATES_INPUT = "candidates"  # scorer graph: [B, C] item ids
+SCORES_OUTPUT = "scores"  # scorer graph: [B, C] logits
+SURPRISE_OUTPUT = "surprise"  # step graph: [B, 5] in SURPRISE_COLUMNS order
+INIT_STATE_KEY = "lsc4rec.init_state"  # step graph metadata: base64 of a one-user state
+CONFIG_KEY = "lsc4rec.config"  # step graph metadata: the model config as JSON
+
+# ---------------------------------------------------------------- the carried state
+
+STATE_NAMES: tuple[str, ...] = (
+    "weight",  # [B, N, H, F, F] fast weights W at the last mini-batch boundary
+    "bias",  # [B, N, H, F]
+    "grad_weight",  # [B, N, H, F, F] running gradient sums of the partly filled mini-batch
+    "grad_bias",  # [B, N, H, F]
+    "pos",  # [B] int64 clicks already in the current mini-batch
+    "feature",  # [B, D] F_s after the last click
+    "recent",  # [B, R, D] F_t of the last R clicks
+)
+STATE_MAGIC = b"TTS2"  # TTS2 added the recent target features (drift)
+STATE_HEADER = struct.Struct("<4s6i")  # magic, B, N, H, F, D, R
+
+
+def state_output_names() -> tuple[str, ...]:
+    """Output names of the step graph: `<state tensor>_out` in `STATE_NAMES` order."""
+    return tuple(f"{name}_out" for name in STATE_NAMES)
+
+
+def state_dtype(name: str) -> type:
+    """The in-memory dtype of a state tensor (`pos` is int64, the rest float32)."""
+    return np.int64 if name == "pos" else np.float32
+
+
+def state_shapes(
+    batch: int, layers: int, heads: int, head_dim: int, width: int, recent: int
+) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes in serialisation order (floats first, then `pos`)."""
+    return {
+        "weight": (batch, layers, heads, head_dim, head_dim),
+        "bias": (batch, layers, heads, head_dim),
+        "grad_weight": (batch, layers, heads, head_dim, head_dim),
+        "grad_bias": (batch, layers, heads, head_dim),
+        "feature": (batch, width),
+        "recent": (batch, recent, width),
+        "pos": (batch,),
+    }
+
+
+def encode_state(arrays: dict[str, np.ndarray]) -> bytes:
+    """Serialise state arrays (keyed by `STATE_NAMES`) in the TTS2 format."""
+    batch, layers, heads, head_dim, _ = arrays["weight"].shape
+    width, recent = arrays["feature"].shape[-1], arrays["recent"].shape[1]
+    header = STATE_HEADER.pack(STATE_MAGIC, batch, layers, heads, head_dim, width, recent)
+    shapes = state_shapes(batch, layers, heads, head_dim, width, recent)
+    body = [
+        np.ascontiguousarray(arrays[name], dtype="<i4" if name == "pos" else "<f4").tobytes()
+        for name in shapes
+    ]
+    return header + b"".join(body)
+
+
+def decode_state(data: bytes) -> dict[str, np.ndarray]:
+    """Inverse of `encode_state`: arrays keyed by `STATE_NAMES` (float32, `pos` int64).
+
+    Raises:
+        ValueError: `data` is not a serialised state, or has the wrong length.
+    """
+    if len(data) < STATE_HEADER.size:
+        raise ValueError(f"state bytes too short: {len(data)} bytes")
+    magic = data[:4]
+    if magic != STATE_MAGIC:
+        raise ValueError(f"not a TTT4Rec state (or an older format): magic {magic!r}")
+    _, batch, layers, heads, head_dim, width, recent = STATE_HEADER.unpack_from(data)
+    shapes = state_shapes(batch, layers, heads, head_dim, width, recent)
+    expected = STATE_HEADER.size + 4 * sum(int(np.prod(s)) for s in shapes.values())
+    if len(data) != expected:
+        raise ValueError(f"state bytes have length {len(data)}, expected {expected}")
+    offset, out = STATE_HEADER.size, {}
+    for name, shape in shapes.items():
+        count = int(np.prod(shape))
+        stored = np.frombuffer(data, "<i4" if name == "pos" else "<f4", count, offset)
+        out[name] = stored.reshape(shape).astype(state_dtype(name))
+        offset += 4 * count
+    return out

@@ -1,0 +1,252 @@
+"""How good are the cloud's candidate lists, and how much does a fresh one beat a stale one?
+
+Candidate table: for every stream user, a list of N candidates (default 50) is made from the
+training part (history = `s_1 … s_{n−T−1}`) and scored against the validation target
+`s_{n−T}`: Recall@N (the target is in the list), NDCG@10 of the list's own ranking (0 outside
+the top 10), and Recall@N on the users whose target is a rare item (at most `--rare-max`
+training clicks). Rows: each generator (`--model`, several side by side), the top-N of device
+SRM checkpoints (`--srm`, history excluded), and the most popular training items.
+
+Fresh vs stale (`--fresh-stale`): on the online test stream, at each step offset k = 1..T the
+share of targets in the fresh list (made from the history up to the step) and in the list made
+at the stream start, and the NDCG@10 of the generator's own order, with 95% bootstrap
+intervals over users on the fresh − stale difference (offset 1: the two lists are the same).
+
+    lsc4rec candidate-table --model runs/llm runs/llm_t5 --srm runs/srm_sasrec \
+        --fresh-stale --out runs/candidate_table
+
+Writes `candidate_table.json|md` (and `fresh_stale.json|md`) into `--out`, prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shared.metrics import candidate_list_ranks, hit_rate, ndcg
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="lsc4rec candidate-table", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--model", nargs="+", required=True, help="generator folder(s) (lsc4rec train-llm)"
+    )
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--synthetic-users", type=int, default=500)
+    parser.add_argument("--test-window", type=int, default=10, help="online stream length T")
+    parser.add_argument("-n", type=int, default=50, help="candidates per list")
+    parser.add_argument(
+        "--srm", nargs="*", default=[], metavar="DIR", help="device SRM checkpoint folder(s)"
+    )
+    parser.add_argument(
+        "--rare-max", type=int, default=20, help="a target with at most this many training "
+        "clicks is rare"
+    )  # fmt: skip
+    parser.add_argument(
+        "--fresh-stale", action="store_true", help="also the fresh-vs-stale stream table"
+    )
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--batch-size", type=int, default=32, help="requests per generate call")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="runs/candidate_table")
+    return parser.parse_args(argv)
+
+
+def list_metrics(
+    lists: list[np.ndarray], targets: np.ndarray, n: int, rare: np.ndarray | None = None
+) -> dict[str, float]:
+    """Recall@n of the lists, NDCG@10 of their order, Recall@n on the `rare` rows."""
+    ranks = candidate_list_ranks(lists, targets)
+    hits = hit_rate(ranks, n)
+    out = {f"Recall@{n}": float(hits.mean()), "NDCG@10": float(ndcg(ranks, 10).mean())}
+    if rare is not None:
+        out[f"Recall@{n} rare"] = float(hits[rare].mean()) if rare.any() else float("nan")
+    return out
+
+
+def popular_lists(train: list[np.ndarray], histories, num_items: int, n: int) -> list[np.ndarray]:
+    """The n most frequent training items outside each history (ties: lower item id first)."""
+    counts = np.bincount(np.concatenate(train), minlength=num_items + 1).astype(np.float64)
+    counts[0] = -np.inf
+    order = np.argsort(-counts, kind="stable")
+    out = []
+    for history in histories:
+        keep = ~np.isin(order[: n + len(history) + 1], history)
+        out.append(order[: n + len(history) + 1][keep][:n])
+    return out
+
+
+def generator_lists(generator, histories, n: int, batch_size: int) -> list[np.ndarray]:
+    return [c.items for c in generator.generate(histories, n=n, batch_size=batch_size)]
+
+
+def srm_lists(model, histories, n: int, batch_size: int = 256) -> list[np.ndarray]:
+    """Top-n of an SRM's full ranking, the history and padding masked."""
+    import torch
+
+    from shared.batching import pad_histories
+
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(histories), batch_size):
+            chunk = histories[start : start + batch_size]
+            padded = torch.from_numpy(pad_histories(chunk, model.config.max_len))
+            scores = model.score_all(padded).float()  # [B, num_items + 1]
+            scores[:, 0] = -torch.inf
+            for row, history in enumerate(chunk):
+                scores[row, torch.from_numpy(np.asarray(history, dtype=np.int64))] = -torch.inf
+            out.extend(torch.topk(scores, n, dim=1).indices.numpy())
+    return out
+
+
+def markdown(rows: list[dict], dataset: str, n: int, users: int, rare: int, rare_max: int) -> str:
+    lines = [
+        f"**{dataset}: candidate lists of {n} on the validation targets** "
+        f"({users} stream users, history = training part; rare = the {rare} targets with at "
+        f"most {rare_max} training clicks)",
+        "",
+        f"| candidates | Recall@{n} | NDCG@10 | Recall@{n} rare targets | seconds |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['name']} | {row[f'Recall@{n}']:.4f} | {row['NDCG@10']:.4f} | "
+            f"{row[f'Recall@{n} rare']:.4f} | {row['seconds']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _timed(name: str, make, targets, n: int, rare: np.ndarray) -> dict:
+    start = time.perf_counter()
+    lists = make()
+    row = {"name": name, **list_metrics(lists, targets, n, rare)}
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+# ---------------------------------------------------------------- fresh vs stale
+
+
+def fresh_stale_rows(items: np.ndarray, targets: np.ndarray, indices: np.ndarray) -> list[dict]:
+    """Per step offset and averaged: target-in-list share and NDCG@10, fresh vs stale.
+
+    Args:
+        items: `[U, T, N]` the fresh list before each step; `[:, 0]` is the stream-start list.
+        targets: `[U, T]` the click of each step.
+        indices: `[B, U]` bootstrap resamples of users.
+    """
+    from simulations.request_rate import bootstrap_interval
+
+    users, window, _ = items.shape
+    stale = np.repeat(items[:, :1], window, axis=1)  # [U, T, N]
+
+    def per_step(lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        flat = candidate_list_ranks(list(lists.reshape(users * window, -1)), targets.reshape(-1))
+        shape = (users, window)
+        return hit_rate(flat, lists.shape[-1]).reshape(shape), ndcg(flat, 10).reshape(shape)
+
+    (fresh_hit, fresh_ndcg), (stale_hit, stale_ndcg) = per_step(items), per_step(stale)
+    rows = []
+    for label, cols in [(str(k + 1), slice(k, k + 1)) for k in range(window)] + [
+        ("mean", slice(None))
+    ]:
+        row = {"offset": label}
+        for name, fresh, old in (("in list", fresh_hit, stale_hit), ("NDCG@10", fresh_ndcg, stale_ndcg)):  # fmt: skip
+            a, b = fresh[:, cols].mean(axis=1), old[:, cols].mean(axis=1)  # [U] per user
+            diff, low, high = bootstrap_interval(a - b, indices)
+            row[f"fresh {name}"], row[f"stale {name}"] = float(a.mean()), float(b.mean())
+            row[f"{name} diff"], row[f"{name} diff_lo"], row[f"{name} diff_hi"] = diff, low, high
+        rows.append(row)
+    return rows
+
+
+def fresh_stale_markdown(rows: list[dict], name: str, n: int, users: int) -> str:
+    lines = [
+        f"**Fresh vs stale lists of {n}: {name}** ({users} stream users; fresh = made from the "
+        "history up to the step, stale = made at the stream start; 95% bootstrap intervals "
+        "over users)",
+        "",
+        "| step offset | target in fresh list | in stale list | fresh − stale (95% CI) "
+        "| NDCG@10 fresh | NDCG@10 stale | fresh − stale (95% CI) |",
+        "| --- | ---: | ---: | --- | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['offset']} | {r['fresh in list']:.4f} | {r['stale in list']:.4f} | "
+            f"{r['in list diff']:+.4f} [{r['in list diff_lo']:+.4f}, {r['in list diff_hi']:+.4f}]"
+            f" | {r['fresh NDCG@10']:.4f} | {r['stale NDCG@10']:.4f} | "
+            f"{r['NDCG@10 diff']:+.4f} [{r['NDCG@10 diff_lo']:+.4f}, {r['NDCG@10 diff_hi']:+.4f}]"
+            " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def fresh_stale(generator, split, args: argparse.Namespace, dataset_name: str) -> dict:
+    """The fresh-vs-stale table of one generator on the test stream."""
+    from simulations.replay import ReplayConfig, load_or_generate_lists, stream_from_split
+    from simulations.request_rate import bootstrap_indices
+
+    stream = stream_from_split(split, "test")
+    config = ReplayConfig(n=args.n, batch_size=args.batch_size)
+    lists = load_or_generate_lists(
+        generator, stream, config, Path(args.out) / "cache", dataset_name
+    )
+    indices = bootstrap_indices(stream.num_users, args.bootstrap, seed=0)
+    rows = fresh_stale_rows(lists.items, stream.targets, indices)
+    return {"model": generator.model_version, "users": stream.num_users, "rows": rows}
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from cloud.loading import load_generator
+    from seqrec.checkpoint import load_srm
+    from shared.datasets import load_dataset
+    from shared.splits import split_stream
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    options = {"num_users": args.synthetic_users} if args.dataset == "synthetic" else {}
+    dataset = load_dataset(args.dataset, **options)
+    split = split_stream(dataset, test_window=args.test_window)
+    users = split.stream_users
+    histories = [split.train[u] for u in users]
+    targets = split.valid_target[users]
+    clicks = np.bincount(np.concatenate(split.train), minlength=dataset.num_items + 1)
+    rare = clicks[targets] <= args.rare_max
+    generators = [load_generator(folder) for folder in args.model]
+    rows = []
+    for gen in generators:
+        make = lambda g=gen: generator_lists(g, histories, args.n, args.batch_size)  # noqa: E731
+        rows.append(_timed(f"generator {gen.model_version}", make, targets, args.n, rare))
+    for folder in args.srm:
+        model = load_srm(folder)
+        make = lambda m=model: srm_lists(m, histories, args.n)  # noqa: E731
+        rows.append(_timed(f"device {model.name} top-{args.n}", make, targets, args.n, rare))
+    make = lambda: popular_lists(split.train, histories, dataset.num_items, args.n)  # noqa: E731
+    rows.append(_timed("most popular", make, targets, args.n, rare))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(rows, dataset.name, args.n, len(users), int(rare.sum()), args.rare_max)
+    (out / "candidate_table.md").write_text(text)
+    payload = {"dataset": dataset.name, "n": args.n, "users": int(len(users)), "rows": rows}
+    payload["rare_targets"] = int(rare.sum())
+    (out / "candidate_table.json").write_text(json.dumps(payload, indent=2) + "\n")
+    print(text)
+    if args.fresh_stale:
+        tables = [fresh_stale(gen, split, args, dataset.name) for gen in generators]
+        texts = [fresh_stale_markdown(t["rows"], t["model"], args.n, t["users"]) for t in tables]
+        (out / "fresh_stale.md").write_text("\n".join(texts))
+        (out / "fresh_stale.json").write_text(json.dumps(tables, indent=2) + "\n")
+        print("\n".join(texts))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,310 @@
+"""The fast replay: a policy's decisions over the precomputed stream, all users, with its
+results; `target_positions` ranks the target in what was shown."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device.fusion import Fusion, RankSigmoidFusion, rerank_batch
+from device.policies import PolicyObservation, RequestPolicy
+from device.policies.surprise import CLICK_COLUMNS, LIST_COLUMNS, NO_LIST, list_columns
+from shared.metrics import hit_rate, ndcg
+from simulations.replay.lists import FreshLists, load_or_generate_lists
+from simulations.replay.stream import KS, ListGenerator, ReplayConfig, ReplayStream
+from simulations.replay.tables import ResumeStates, SRMTables, load_or_compute_srm_tables
+
+# ---------------------------------------------------------------- the replay data
+
+
+def _first_positions(seq: np.ndarray, size: int) -> np.ndarray:
+    """`[size]` index of each item's first click in `seq` (`len(seq)` if never clicked)."""
+    pos = np.full(size, len(seq), dtype=np.int64)
+    order = np.arange(len(seq))[::-1]
+    pos[seq[::-1]] = order  # reversed, so the first click's index is written last
+    return pos
+
+
+def target_positions(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """`[M]` 0-based position of each row's target in `[M, N]` ranked ids; inf if absent."""
+    hit = ranked == np.asarray(targets)[:, None]  # [M, N]
+    if hit.shape[1] == 0:  # nothing shown (every candidate already clicked)
+        return np.full(hit.shape[0], np.inf)
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), np.inf)
+
+
+class ReplayData:
+    """Everything a policy replay reads: stream, fresh lists, SRM logits (all policy-free).
+
+    Args:
+        stream: the stream.
+        lists: its fresh lists (`[U, T, N]`).
+        srm: the SRM's logits of those lists (`[U, T, T, N]`).
+    Raises:
+        ValueError: the three do not fit together.
+    """
+
+    def __init__(self, stream: ReplayStream, lists: FreshLists, srm: SRMTables) -> None:
+        users, window = stream.num_users, stream.window
+        if lists.items.shape[:2] != (users, window):
+            raise ValueError(f"lists are {lists.items.shape[:2]}, the stream is {(users, window)}")
+        if srm.logits.shape != (users, window, window, lists.items.shape[2]):
+            raise ValueError(f"SRM logits {srm.logits.shape} do not fit lists {lists.items.shape}")
+        self.stream = stream
+        self.lists = lists
+        self.srm = srm
+        self._ranks: dict[Fusion, np.ndarray] = {}
+
+    @property
+    def num_users(self) -> int:
+        return self.stream.num_users
+
+    @property
+    def window(self) -> int:
+        return self.stream.window
+
+    @cached_property
+    def logits(self) -> np.ndarray:
+        """`[U, T, T, N]` float64, the values a runner's `score_items` returned."""
+        return self.srm.logits.astype(np.float64)
+
+    @cached_property
+    def valid(self) -> np.ndarray:
+        """`[U, T, T, N]` bool: slot of list `j` may be shown at step `t` (not padding, unseen)."""
+        items = self.lists.items
+        size = int(max(items.max(), max(int(s.max()) for s in self.stream.sequences))) + 1
+        steps = np.arange(self.window)[:, None, None]  # [T, 1, 1]
+        out = np.empty((self.num_users, self.window, *items.shape[1:]), dtype=bool)
+        for row in range(self.num_users):
+            pos = _first_positions(self.stream.sequences[row], size)[items[row]]  # [T(j), N]
+            seen_before = self.stream.starts[row] + steps  # clicks before step t
+            out[row] = (items[row] != 0)[None] & (pos[None] >= seen_before)  # [T(t), T(j), N]
+        return out
+
+    @cached_property
+    def click_rows(self) -> np.ndarray:
+        """`[U, T, T, S]` the surprise row (`CLICK_COLUMNS`) of the click before step `t`
+        as a device holding list `j` saw it (its list columns need the list held then,
+        `j <= t − 1`); at step 0 the history's last click, seen with no list (`NO_LIST`).
+        Rows with `j >= t` (t > 0) are unused and hold NO_LIST."""
+        users, window = self.num_users, self.window
+        model = self.srm.surprise  # [U, T, 5]
+        out = np.empty((users, window, window, len(CLICK_COLUMNS)))
+        out[..., : model.shape[-1]] = model[:, :, None, :]
+        out[..., model.shape[-1] :] = [NO_LIST[c] for c in LIST_COLUMNS]
+        steps, held = np.nonzero(np.tri(window - 1, dtype=bool))  # click at step s, list j <= s
+        for row in range(users):
+            clicks = self.stream.targets[row, steps]  # [P]
+            part = list_columns(
+                clicks,
+                model[row, steps + 1, 0],  # the click's logit, from its own surprise row
+                self.lists.items[row, held],
+                self.logits[row, steps, held],
+                self.valid[row, steps, held],
+            )
+            out[row, steps + 1, held, model.shape[-1] :] = part
+        return out
+
+    def surprise_rows(self, row: int, step: int, held: int) -> np.ndarray:
+        """`[A, S]` rows of the clicks since list `held` was fetched, as the session keeps
+        them (`DeviceSession.surprise_rows`): clicks at steps `held … step − 1`, or the
+        last click alone when none came since."""
+        first = held + 1 if step > held else step
+        return self.click_rows[row, first : step + 1, held]
+
+    def fused_ranks(self, fusion: Fusion, chunk_rows: int = 65536) -> np.ndarray:
+        """`[U, T, T]` the target's rank in the final list of step `t` holding list `j`.
+
+        Computed with `rerank_batch`, row by row the same as `DeviceSession.recommend`
+        (history items removed, fused, stable sort); inf when the target is not shown,
+        NaN for `j > t`. Memoised per fusion.
+        """
+        if fusion in self._ranks:
+            return self._ranks[fusion]
+        users, window, width = self.num_users, self.window, self.lists.items.shape[-1]
+        full = (users, window, window, width)
+        items = np.broadcast_to(self.lists.items[:, None], full).reshape(-1, width)  # [M, N]
+        llm = np.broadcast_to(self.lists.scores[:, None], full).reshape(-1, width)  # [M, N]
+        logits = self.logits.reshape(-1, width)
+        valid = self.valid.reshape(-1, width)
+        targets = np.broadcast_to(self.stream.targets[:, :, None], full[:3]).reshape(-1)  # [M]
+        ranks = np.empty(len(targets))
+        for lo in range(0, len(targets), chunk_rows):
+            part = slice(lo, lo + chunk_rows)
+            ranked = rerank_batch(items[part], llm[part], logits[part], valid[part], fusion)
+            ranks[part] = target_positions(ranked, targets[part])
+        ranks = ranks.reshape(users, window, window)
+        ranks[:, ~np.tri(window, dtype=bool)] = np.nan  # list j does not exist yet at step t < j
+        self._ranks[fusion] = ranks
+        return ranks
+
+    def observation(self, row: int, step: int, held: int) -> PolicyObservation:
+        """What the policy of row `row` sees at `step` while holding list `held` (fetched then)."""
+        return PolicyObservation(
+            step=step,
+            steps_since_request=step - held,
+            items=self.lists.items[row, held],
+            llm_scores=self.lists.scores[row, held],
+            srm_logits=self.logits[row, step, held],
+            history=self.stream.history(row, step),
+            surprise=self.surprise_rows(row, step, held),
+        )
+
+
+def prepare_replay(
+    stream: ReplayStream,
+    generator: ListGenerator,
+    model: Any,
+    config: ReplayConfig | None = None,
+    cache_dir: str | Path | None = None,
+    dataset: str = "",
+    full_ranking: bool = True,
+    resume: ResumeStates | None = None,
+    progress: bool = False,
+) -> ReplayData:
+    """Fresh lists and SRM tables of a stream, from the disk cache or computed once.
+
+    Args:
+        stream: the stream to replay.
+        generator: the cloud generator (`num_items` is read from it for full ranking).
+        model: the device SRM (a torch model; `make_runner` adapts it as a device does).
+        config: n, L and batching of the lists.
+        cache_dir: folder of the npz cache; None = compute in memory only.
+        dataset: data-set label for the cache key (`dataset_label`).
+        full_ranking: also rank all items with the SRM alone at every step.
+        resume: runner states to continue from (see `compute_srm_tables`).
+        progress: show progress bars.
+    """
+    lists = load_or_generate_lists(generator, stream, config, cache_dir, dataset, progress)
+    num_items = int(getattr(model.config, "num_items", 0)) if full_ranking else 0
+    srm = load_or_compute_srm_tables(model, stream, lists, num_items, cache_dir, resume, progress)
+    return ReplayData(stream, lists, srm)
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, eq=False)  # array fields: compare the arrays, not the objects
+class ReplayResult:
+    """Per-step records of one policy on one stream.
+
+    Attributes:
+        label: the policy's label (plus fusion, when not the default).
+        users: `[U]` data-set user index of each row.
+        requested: `[U, T]` bool, a fresh list was requested at the step (the initial list
+            is not a request).
+        lists_used: `[U, T]` index `j` of the list shown at the step (age = t − j).
+        ranks: `[U, T]` 0-based rank of the target in the final list; inf = not shown.
+    """
+
+    label: str
+    users: np.ndarray
+    requested: np.ndarray
+    lists_used: np.ndarray
+    ranks: np.ndarray
+
+    @property
+    def request_rate(self) -> float:
+        """requests / steps (docs/design.md §3)."""
+        return float(self.requested.mean())
+
+    def step_metrics(self, ks: Sequence[int] = KS) -> dict[str, np.ndarray]:
+        """`{"HR@5": [U, T], "NDCG@5": [U, T], …}` per step."""
+        out = {}
+        for k in ks:
+            out[f"HR@{k}"] = hit_rate(self.ranks, k)
+            out[f"NDCG@{k}"] = ndcg(self.ranks, k)
+        return out
+
+    def user_metrics(self, ks: Sequence[int] = KS) -> dict[str, np.ndarray]:
+        """Per-user means over the steps, `[U]` each (the unit the bootstrap resamples)."""
+        return {name: values.mean(axis=1) for name, values in self.step_metrics(ks).items()}
+
+    def summary(self, ks: Sequence[int] = KS) -> dict[str, float]:
+        """Request rate and mean metrics over all steps."""
+        metrics = {name: float(v.mean()) for name, v in self.step_metrics(ks).items()}
+        return {"request_rate": self.request_rate, **metrics}
+
+    def records(self, ks: Sequence[int] = KS) -> list[dict[str, Any]]:
+        """One dict per (user, step): user, step, requested, list_age, rank and metrics."""
+        metrics = self.step_metrics(ks)
+        out = []
+        for row, user in enumerate(self.users):
+            for t in range(self.ranks.shape[1]):
+                record = {
+                    "user": int(user),
+                    "step": t,
+                    "requested": bool(self.requested[row, t]),
+                    "list_age": int(t - self.lists_used[row, t]),
+                    "rank": float(self.ranks[row, t]),
+                }
+                record.update({name: float(v[row, t]) for name, v in metrics.items()})
+                out.append(record)
+        return out
+
+
+def result_label(policy: RequestPolicy, fusion: Fusion, label: str | None) -> str:
+    if label is not None:
+        return label
+    return policy.label if fusion == RankSigmoidFusion() else f"{policy.label}|{fusion.name}"
+
+
+# ---------------------------------------------------------------- the fast replay
+
+
+def _replay_row(data: ReplayData, row: int, policy: RequestPolicy) -> tuple[np.ndarray, np.ndarray]:
+    """One user's decisions: `[T]` requested and `[T]` list held after the decision."""
+    requested = np.zeros(data.window, dtype=bool)
+    used = np.zeros(data.window, dtype=np.int64)
+    held = 0  # the initial list is the list for the history before step 0
+    for t in range(data.window):
+        if policy.decide(data.observation(row, t, held)):
+            requested[t], held = True, t
+        used[t] = held
+    return requested, used
+
+
+def replay(
+    data: ReplayData,
+    policy: RequestPolicy,
+    fusion: Fusion | None = None,
+    label: str | None = None,
+) -> ReplayResult:
+    """Replay the stream with one policy (a per-user `spawn(user)` copy for each row).
+
+    Args:
+        data: the prepared stream.
+        policy: the request policy (not modified; its copies are).
+        fusion: how the device fuses LLM ranks and SRM scores; LSC4Rec's α = 0.5 if None.
+        label: name for tables; the policy's label by default.
+    Returns:
+        per-step records, identical to `replay_sessions` for the same policy and seed.
+    """
+    fusion = RankSigmoidFusion() if fusion is None else fusion
+    table = data.fused_ranks(fusion)  # [U, T, T]
+    requested = np.zeros((data.num_users, data.window), dtype=bool)
+    used = np.zeros((data.num_users, data.window), dtype=np.int64)
+    for row, user in enumerate(data.stream.users):
+        requested[row], used[row] = _replay_row(data, row, policy.spawn(int(user)))
+    steps = np.arange(data.window)[None, :]
+    ranks = table[np.arange(data.num_users)[:, None], steps, used]  # [U, T]
+    return ReplayResult(
+        result_label(policy, fusion, label), data.stream.users, requested, used, ranks
+    )
+
+
+def reference_result(label: str, data: ReplayData, ranks: np.ndarray) -> ReplayResult:
+    """A result with no requests and given ranks (e.g. the SRM alone over all items)."""
+    shape = (data.num_users, data.window)
+    return ReplayResult(
+        label,
+        data.stream.users,
+        np.zeros(shape, dtype=bool),
+        np.zeros(shape, dtype=np.int64),
+        np.asarray(ranks, dtype=np.float64).reshape(shape),
+    )

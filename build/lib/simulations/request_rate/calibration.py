@@ -1,0 +1,128 @@
+"""Rules calibrated to a target request rate on the validation stream (the quantile level
+bisected against the replayed rate), periodic knobs, and the learned policy's fit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from device.fusion import Fusion
+from device.policies import (
+    FeatureConfig,
+    LogisticRegression,
+    ThresholdRule,
+    calibrate_rule,
+    request_gain_labels,
+)
+from simulations.replay import (
+    ReplayData,
+)
+from simulations.request_rate.states import feature_rows, reachable, state_index, to_table
+
+# ---------------------------------------------------------------- calibration
+
+
+def simulate_rule(
+    table: np.ndarray, rule: ThresholdRule, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Replay a threshold rule on a `[U, T, T]` score table, all users at once.
+
+    Returns:
+        `[U, T]` requested and `[U, T]` list held after each decision.
+    """
+    users, window = table.shape[:2]
+    rng = np.random.default_rng(seed)
+    held = np.zeros(users, dtype=np.int64)
+    requested = np.zeros((users, window), dtype=bool)
+    used = np.zeros((users, window), dtype=np.int64)
+    for t in range(window):
+        wants = rule.decide(table[np.arange(users), t, held], rng)  # [U]
+        held = np.where(wants, t, held)
+        requested[:, t], used[:, t] = wants, held
+    return requested, used
+
+
+def expected_rate(table: np.ndarray, rule: ThresholdRule, seed: int = 0, draws: int = 8) -> float:
+    """Request rate of `rule` on the stream of `table`, averaged over `draws` tie-split streams.
+
+    Only split ties draw random numbers; averaging keeps the calibration from fitting one
+    particular draw (each user's policy copy draws its own numbers on replay).
+    """
+    draws = draws if 0.0 < rule.tie_prob < 1.0 else 1  # no ties to split: one pass is exact
+    return float(np.mean([simulate_rule(table, rule, seed + i)[0].mean() for i in range(draws)]))
+
+
+def calibrate_on_stream(
+    table: np.ndarray, target_rate: float, seed: int = 0, steps: int = 30
+) -> tuple[ThresholdRule, float]:
+    """A rule whose replayed request rate on the stream of `table` is closest to the target.
+
+    The rule is a quantile of the scores over every reachable state (`calibrate_rule`, ties
+    split); the quantile level is bisected against the replayed rate (`expected_rate`),
+    starting from the plain quantile at the target rate.
+
+    Returns:
+        the rule and the (expected) rate it achieves on this stream.
+    Raises:
+        ValueError: a rate outside [0, 1] or non-finite scores.
+    """
+    pool = table[:, reachable(table.shape[1])].ravel()
+
+    def rate_of(level: float) -> tuple[ThresholdRule, float]:
+        rule = calibrate_rule(pool, level)
+        return rule, expected_rate(table, rule, seed)
+
+    best_rule, best_rate = rate_of(target_rate)
+    low, high = 0.0, 1.0
+    for _ in range(steps):
+        if abs(best_rate - target_rate) < 1e-9:
+            break
+        level = (low + high) / 2.0
+        rule, rate = rate_of(level)
+        if abs(rate - target_rate) < abs(best_rate - target_rate):
+            best_rule, best_rate = rule, rate
+        low, high = (level, high) if rate < target_rate else (low, level)
+    return best_rule, best_rate
+
+
+def periodic_knobs(rates: Sequence[float], window: int) -> list[tuple[int, float]]:
+    """`(m, target rate)`: per target, the m whose rate on a T-step stream,
+    ⌊(T−1)/m⌋ / T, is nearest (ties to the smaller m; rate 0 left out), deduplicated.
+
+    Raises:
+        ValueError: `window` < 2 (no periodic policy requests on a 1-step stream).
+    """
+    if window < 2:
+        raise ValueError(f"periodic requests need a stream of >= 2 steps, got {window}")
+    achievable = {m: ((window - 1) // m) / window for m in range(1, window)}
+    achievable = {m: rate for m, rate in achievable.items() if rate > 0}  # 0 would be `never`
+    chosen = {min(achievable, key=lambda m: (abs(achievable[m] - r), m)) for r in rates}
+    # Label each m with the target its rate is nearest to (m = 5 on T = 10 serves 0.05 and 0.1).
+    nearest = {m: min(rates, key=lambda r: abs(achievable[m] - r)) for m in chosen}
+    return [(m, nearest[m]) for m in sorted(chosen, reverse=True)]
+
+
+def fit_learned(
+    valid: ReplayData,
+    fusion: Fusion,
+    config: FeatureConfig | None = None,
+    label: str = "rank",
+    features: np.ndarray | None = None,
+) -> tuple[LogisticRegression, np.ndarray, dict[str, float]]:
+    """Train the learned policy's classifier on the validation stream (`label`: what a useful
+    request is, see `request_gain_labels`; `features`: `feature_rows(valid, config)` when the
+    caller already has them, e.g. to fit several labels).
+
+    Returns:
+        the fitted classifier, its `[U, T, T]` probability table on the validation stream,
+        and training stats (examples, positive share).
+    """
+    config = FeatureConfig() if config is None else config
+    rows, steps, held = state_index(valid)
+    ranks = valid.fused_ranks(fusion)  # [U, T, T]
+    labels = request_gain_labels(ranks[rows, steps, held], ranks[rows, steps, steps], label)
+    features = feature_rows(valid, config) if features is None else features  # [M, F]
+    model = LogisticRegression().fit(features, labels)
+    stats = {"examples": int(len(labels)), "positive_share": float(labels.mean())}
+    return model, to_table(valid, model.predict_proba(features)), stats

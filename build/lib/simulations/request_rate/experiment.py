@@ -1,0 +1,137 @@
+"""The whole request-rate experiment: streams, points, replays, rows, goal check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from device.policies import RandomPolicy
+from shared.progress import progress_bar, progress_write
+from simulations.replay import (
+    ReplayData,
+    ReplayResult,
+)
+from simulations.request_rate.auc import auc_table
+from simulations.request_rate.calibration import fit_learned
+from simulations.request_rate.config import RequestRateConfig
+from simulations.request_rate.points import (
+    PolicyPoint,
+    build_points,
+    choose_fusion,
+    reference_points,
+)
+from simulations.request_rate.statistics import (
+    best_calibrated,
+    bootstrap_indices,
+    goal_check,
+    paired_difference,
+    point_row,
+    run_point,
+)
+
+# ---------------------------------------------------------------- the experiment
+
+
+@dataclass
+class ExperimentResult:
+    """The sweep's rows (one per point), the goal check and the raw per-step results."""
+
+    rows: list[dict[str, Any]]
+    goal: list[dict[str, Any]]
+    results: list[ReplayResult] = field(repr=False)
+    notes: dict[str, Any] = field(default_factory=dict)
+    points: list[PolicyPoint] = field(default_factory=list, repr=False)  # aligned with rows
+
+    def chosen(self, rate: float) -> tuple[PolicyPoint, dict[str, Any]]:
+        """The policy the experiment chose at target `rate` (best validation NDCG@10 among
+        the calibrated ones) and its row on the test stream.
+
+        Raises:
+            ValueError: no calibrated policy was swept at that rate.
+        """
+        best = best_calibrated(self.points, rate)
+        if best is None:
+            rates = sorted({p.target_rate for p in self.points if p.target_rate is not None})
+            raise ValueError(
+                f"no calibrated policy at rate {rate:g}; the sweep's rates: "
+                f"{', '.join(f'{r:g}' for r in rates) or 'none'}"
+            )
+        return self.points[best], self.rows[best]
+
+
+def run_request_rate(
+    test: ReplayData,
+    valid: ReplayData,
+    config: RequestRateConfig | None = None,
+    progress: bool = False,
+    topics: list[np.ndarray] | None = None,
+) -> ExperimentResult:
+    """Calibrate every policy on `valid`, replay every point on `test`, summarise.
+
+    Args:
+        test: replay data of the test stream.
+        valid: replay data of the validation stream (calibration and the learned policy).
+        config: the sweep.
+        progress: show a progress bar over the points.
+        topics: per data-set user, the latent topic of each click (synthetic data): adds
+            the "first click after a topic switch" column to the AUC table.
+    """
+
+    config = RequestRateConfig() if config is None else config
+    fusion, fusion_notes = choose_fusion(valid, config)
+    points, notes = build_points(valid, test.window, config, progress, fusion)
+    points += reference_points(config, fusion)
+    if fusion_notes:
+        notes["fusion"] = fusion_notes
+    indices = bootstrap_indices(test.num_users, config.bootstrap_draws, config.seed)
+    rows, results = [], []
+    for point in progress_bar(points, desc="replaying policies", enabled=progress):
+        result = run_point(test, point)
+        results.append(result)
+        rows.append(point_row(point, result, indices, config.confidence))
+
+    def random_at(rate: float) -> tuple[dict[str, Any], ReplayResult]:
+        """Random requests at exactly the rate a policy reached on the test stream."""
+        point = PolicyPoint("random", RandomPolicy(p=rate, seed=config.seed), fusion, rate)
+        result = run_point(test, point)
+        return point_row(point, result, indices, config.confidence), result
+
+    goal = goal_check(rows, results, points, indices, config, random_at)
+    notes["reference_gaps"] = reference_gaps(results, points, indices, config.confidence)
+    if config.auc_draws:
+        progress_write("scoring every request measure's AUC on the test stream", enabled=progress)
+        features = config.features()
+        learned = {p.family: p.policy.model for p in points if p.family.startswith("learned")}
+        if not learned:
+            learned = {"learned": fit_learned(valid, fusion, features)[0]}
+        notes["auc"] = auc_table(
+            test,
+            fusion,
+            {name: (model, features) for name, model in learned.items()},
+            topics,
+            config.auc_draws,
+            config.confidence,
+            config.seed,
+        )
+    return ExperimentResult(rows, goal, results, notes, points)
+
+
+def reference_gaps(
+    results: list[ReplayResult], points: list[PolicyPoint], indices: np.ndarray, confidence: float
+) -> dict[str, list[float]]:
+    """Paired NDCG@10 differences between references: what fresh lists and the SRM add.
+
+    Returns:
+        `{"always-never": [mean, low, high], "always-llm_only": …, "always-srm_only": …}` for
+        the references present.
+    """
+    user_ndcg = {p.family: r.user_metrics()["NDCG@10"] for p, r in zip(points, results)}
+    pairs = (("always", "never"), ("always", "llm_only"), ("always", "srm_only"))
+    pairs += (("always", "always_alpha_0.5"),)
+    return {
+        f"{a}-{b}": list(paired_difference(user_ndcg[a], user_ndcg[b], indices, confidence))
+        for a, b in pairs
+        if a in user_ndcg and b in user_ndcg
+    }

@@ -1,0 +1,153 @@
+"""The sweep's points: one calibrated policy per family and target rate, plus the references."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from device.fusion import Fusion, LLMOnlyFusion, RankSigmoidFusion, build_fusion
+from device.policies import (
+    AlwaysPolicy,
+    ConsistencyPolicy,
+    LearnedPolicy,
+    NeverPolicy,
+    PeriodicPolicy,
+    RandomPolicy,
+    RequestPolicy,
+)
+from shared.metrics import ndcg
+from shared.progress import progress_write
+from simulations.replay import (
+    ReplayData,
+)
+from simulations.request_rate.calibration import (
+    calibrate_on_stream,
+    fit_learned,
+    periodic_knobs,
+    simulate_rule,
+)
+from simulations.request_rate.config import LEARNED_LABELS, RequestRateConfig
+from simulations.request_rate.states import feature_rows, measure_table
+
+# ---------------------------------------------------------------- the points
+
+
+@dataclass
+class PolicyPoint:
+    """One point of a curve: the policy, how it was set, and what it did on validation."""
+
+    family: str  # "random", "periodic", "consistency[kendall]", "surprise[drift]", "learned", …
+    policy: RequestPolicy | None  # None for srm_only (no device session at all)
+    fusion: Fusion | None = None
+    target_rate: float | None = None  # the calibration target (None for references)
+    valid_rate: float | None = None  # replayed rate on the validation stream
+    valid_ndcg10: float | None = None  # NDCG@10 on the validation stream (selects the best)
+
+
+def _calibrated_points(
+    family: str,
+    policy: ConsistencyPolicy | LearnedPolicy,
+    table: np.ndarray,
+    valid: ReplayData,
+    fusion: Fusion,
+    config: RequestRateConfig,
+) -> list[PolicyPoint]:
+    """Copies of a threshold policy (consistency, learned), one per target rate."""
+    ranks = valid.fused_ranks(fusion)
+    steps = np.arange(valid.window)[None, :]
+    points = []
+    for rate in config.target_rates:
+        rule, achieved = calibrate_on_stream(table, rate, config.seed, config.calibration_steps)
+        _, used = simulate_rule(table, rule, config.seed)
+        ndcg10 = float(ndcg(ranks[np.arange(valid.num_users)[:, None], steps, used], 10).mean())
+        calibrated = replace(policy, threshold=rule.threshold, tie_prob=rule.tie_prob)
+        points.append(PolicyPoint(family, calibrated, fusion, rate, achieved, ndcg10))
+    return points
+
+
+def always_ndcg10(valid: ReplayData, fusion: Fusion) -> float:
+    """NDCG@10 on the validation stream when the device requests at every step."""
+    ranks = valid.fused_ranks(fusion)  # [U, T, T]: list held j at step t
+    steps = np.arange(valid.window)
+    return float(ndcg(ranks[:, steps, steps], 10).mean())
+
+
+def choose_fusion(valid: ReplayData, config: RequestRateConfig) -> tuple[Fusion, dict[str, Any]]:
+    """The device's fusion: with `config.alphas`, LSC4Rec's fusion with the α whose
+    always-request NDCG@10 on the validation stream is best (ties: the one nearest 0.5)."""
+    if not config.alphas:
+        return build_fusion(config.fusion), {}
+    scores = {a: always_ndcg10(valid, RankSigmoidFusion(alpha=a)) for a in config.alphas}
+    best = max(scores, key=lambda a: (scores[a], -abs(a - 0.5)))
+    return RankSigmoidFusion(alpha=best), {"alpha": best, "valid_ndcg10_by_alpha": scores}
+
+
+def build_points(
+    valid: ReplayData,
+    window: int,
+    config: RequestRateConfig,
+    progress: bool = False,
+    fusion: Fusion | None = None,
+) -> tuple[list[PolicyPoint], dict[str, Any]]:
+    """Every policy point of the sweep (calibrated on `valid`) and calibration notes.
+
+    Args:
+        valid: the validation stream's replay data.
+        window: `T` of the test stream (sets the periodic knobs).
+        config: the sweep.
+        progress: print what is being calibrated.
+        fusion: the device's fusion (default: `config.fusion` as named).
+    """
+    fusion = build_fusion(config.fusion) if fusion is None else fusion
+    seed = config.seed
+    points: list[PolicyPoint] = []
+    notes: dict[str, Any] = {}
+    if "random" in config.families:
+        for rate in config.target_rates:
+            points.append(PolicyPoint("random", RandomPolicy(p=rate, seed=seed), fusion, rate))
+    if "periodic" in config.families:
+        for m, rate in periodic_knobs(config.target_rates, window):
+            points.append(PolicyPoint("periodic", PeriodicPolicy(m=m, seed=seed), fusion, rate))
+    if "consistency" in config.families:
+        for measure in config.measures:
+            policy = ConsistencyPolicy(measure=measure, seed=seed)
+            family = f"{policy.measure.kind}[{measure}]"  # consistency[…] or surprise[…]
+            _say(progress, f"calibrating {family} on the validation stream")
+            table = measure_table(valid, measure)
+            points += _calibrated_points(family, policy, table, valid, fusion, config)
+    if "learned" in config.families:
+        features = config.features()
+        rows = feature_rows(valid, features)  # shared by the labels
+        for label in LEARNED_LABELS:
+            family = "learned" if label == "rank" else f"learned[{label}]"
+            _say(progress, f"training {family} on the validation stream")
+            model, table, stats = fit_learned(valid, fusion, features, label, rows)
+            policy = LearnedPolicy(model=model, feature_config=features, seed=seed)
+            stats["features"] = list(features.names)
+            stats["weights"] = model.to_dict()["weights"]
+            notes[family] = stats
+            points += _calibrated_points(family, policy, table, valid, fusion, config)
+    return points, notes
+
+
+def reference_points(config: RequestRateConfig, fusion: Fusion | None = None) -> list[PolicyPoint]:
+    """never, always (fused), LLM-only at always, SRM-only without cloud; with a chosen α,
+    also always with LSC4Rec's α = 0.5."""
+    fusion = build_fusion(config.fusion) if fusion is None else fusion
+    points = [
+        PolicyPoint("never", NeverPolicy(seed=config.seed), fusion),
+        PolicyPoint("always", AlwaysPolicy(seed=config.seed), fusion),
+        PolicyPoint("llm_only", AlwaysPolicy(seed=config.seed), LLMOnlyFusion()),
+        PolicyPoint("srm_only", None),
+    ]
+    lsc4rec = RankSigmoidFusion(alpha=0.5)
+    if config.alphas and fusion != lsc4rec:
+        points.append(PolicyPoint("always_alpha_0.5", AlwaysPolicy(seed=config.seed), lsc4rec))
+    return points
+
+
+def _say(progress: bool, message: str) -> None:
+
+    progress_write(message, enabled=progress)
