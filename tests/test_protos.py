@@ -117,7 +117,7 @@ def test_pyproject_bounds_admit_only_runtimes_the_stubs_accept():
 
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     protobuf, grpcio = stub_versions()
-    runtime = project["dependencies"]
+    runtime = project["dependencies"] + project["optional-dependencies"]["full"]
     assert version_tuple(lower_bound(runtime, "protobuf")) >= version_tuple(protobuf)
     for name in ("grpcio", "grpcio-health-checking", "grpcio-reflection"):
         assert version_tuple(lower_bound(runtime, name)) >= version_tuple(grpcio), name
