@@ -21,9 +21,11 @@ from device.driver import run_stream
 from device.fusion import RankSigmoidFusion
 from device.policies import BudgetPolicy, FeatureConfig, LearnedPolicy, LogisticRegression
 from device.policies.spec import policy_to_dict
+from device.policies.surprise import CLICK_COLUMNS
 from device.session import DeviceSession, SessionConfig
 from seqrec.runners import make_runner
 from shared.candidates import CandidateList
+from shared.device_format import CATALOGUE_COLUMNS
 from shared.manifest import MANIFEST_NAME, catalogue_digest
 from simulations.bundle_export import export_device_bundle
 
@@ -87,8 +89,13 @@ def test_a_bundle_session_shows_what_the_torch_device_shows(bundle_dir, srm):
         assert from_bundle.recommend().tolist() == by_hand.recommend().tolist()
         from_bundle.observe(click)
         by_hand.observe(click)
+    # the policy reads no catalogue-wide column, so the bundle's step skips them (NaN)
+    catalogue = [CLICK_COLUMNS.index(c) for c in CATALOGUE_COLUMNS]
+    rest = [i for i in range(len(CLICK_COLUMNS)) if i not in catalogue]
+    assert np.isnan(from_bundle.surprise_rows()[:, catalogue]).all()
+    assert not bundle.model.catalogue_surprise
     np.testing.assert_allclose(
-        from_bundle.surprise_rows(), by_hand.surprise_rows(), rtol=1e-4, atol=1e-4
+        from_bundle.surprise_rows()[:, rest], by_hand.surprise_rows()[:, rest], rtol=1e-4, atol=1e-4
     )
 
 
@@ -214,3 +221,22 @@ def test_a_device_without_torch_runs_the_bundle_against_a_real_server(
     assert device["requested"] == record.requested.tolist()
     expected = [None if r == float("inf") else int(r) for r in record.ranks]
     assert device["ranks"] == expected
+
+
+def test_the_step_graph_computes_only_the_columns_the_policy_reads(bundle_dir, tmp_path):
+    from device.policies.spec import parse_policy, surprise_columns
+    from shared.manifest import write_manifest
+
+    assert surprise_columns(parse_policy("surprise:surprisal_mean:1")) == {"nll"}
+    assert surprise_columns(parse_policy("periodic:3")) == set()
+    assert surprise_columns(learned_policy()) == {"drift", "inner_loss", "list_position"}
+    # a bundle whose policy reads a column its graph leaves out is refused
+    folder = copy_of(bundle_dir, tmp_path)
+    device = json.loads((folder / "device.json").read_text())
+    device["policy"] = policy_to_dict(parse_policy("surprise:catalogue_rank:0.5"))
+    (folder / "device.json").write_text(json.dumps(device))
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    extra = {k: manifest[k] for k in ("catalogue", "models", "notes")}
+    write_manifest(folder, manifest["kind"], manifest["format_version"], extra)
+    with pytest.raises(BundleError, match="reads catalogue_rank, which its step graph"):
+        load_bundle(folder)

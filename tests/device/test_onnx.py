@@ -164,8 +164,9 @@ def test_device_step_benchmark_runs_every_method(tmp_path, monkeypatch):
     result = json.loads(out.read_text())
     methods = {row["method"] for row in result["rows"]}
     assert methods == {
-        "ttt4rec-onnx",
-        "ttt4rec-onnx-no-surprise",
+        "bundle-onnx",
+        "bundle-onnx-catalogue",
+        "onnx-two-runs",
         "ttt4rec-torch",
         "ttt4rec-recompute",
         "sasrec-recompute",
