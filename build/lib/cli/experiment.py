@@ -325,10 +325,14 @@ def _export_device(args, experiment, model, dataset, generator, replay_config) -
 
 def _print_summary(experiment, config, meta: dict, paths: dict) -> None:
     from simulations.request_rate import gaps_markdown, goal_markdown, markdown_table
+    from simulations.request_rate.report import rate_control_markdown
 
     print(markdown_table(experiment.rows))
     print("\n" + goal_markdown(experiment.goal, config.goal_ratio))
     print("\n" + gaps_markdown(experiment.notes.get("reference_gaps", {})), end="")
+    if experiment.notes.get("rate_control"):
+        print("\nper-device rate controller, test stream:")
+        print(rate_control_markdown(experiment.notes["rate_control"]))
     print(
         f"\n{len(experiment.rows)} points on {meta['test_users']} users × {meta['test_window']} "
         f"steps (prepare {meta['seconds_prepare']}s, sweep {meta['seconds_sweep']}s); wrote "

@@ -6,8 +6,9 @@
       device.json     the session settings (K, L, N), the fusion, the request policy
                       (kind and its numbers: threshold, learned weights and feature scaling,
                       rate controller), as plain JSON: no pickle
-      step.onnx       TTT4Rec's per-click step with the surprise outputs; the item table it
-                      needs (F_t of every item) is a constant inside it, so is the initial state
+      step.onnx       TTT4Rec's per-click step with the surprise columns the policy reads and
+                      the held list's scores, one run per click; the item table it needs (F_t
+                      of every item) is a constant inside it, the initial state in its metadata
       scorer.onnx     candidate scoring against the same item table
 
     bundle = load_bundle("runs/demo/device")      # verifies everything, or one-line error
@@ -32,9 +33,10 @@ from typing import Any
 from device.fusion import Fusion, build_fusion
 from device.onnx_runtime import OnnxTTT4Rec
 from device.policies.base import RequestPolicy
-from device.policies.spec import policy_from_dict, policy_to_dict
+from device.policies.spec import policy_from_dict, policy_to_dict, surprise_columns
 from device.session import DeviceSession, SessionConfig, StatefulRunner
 from shared.candidates import CandidateList
+from shared.device_format import CATALOGUE_COLUMNS
 from shared.manifest import ManifestError, verify_manifest, write_manifest
 
 BUNDLE_KIND = "device-bundle"
@@ -245,6 +247,14 @@ def load_bundle(
         raise BundleError(f"{folder}: {SETTINGS_FILE} or a graph is not usable ({err})") from None
     except Exception as err:  # noqa: BLE001 (onnxruntime raises its own exception types)
         raise BundleError(f"{folder}: a graph does not load ({type(err).__name__})") from None
+    missing = (
+        surprise_columns(policy) & set(CATALOGUE_COLUMNS) if not model.catalogue_surprise else ()
+    )
+    if missing:
+        raise BundleError(
+            f"{folder}: the policy reads {', '.join(sorted(missing))}, which its step graph "
+            "does not compute"
+        )
     if model.num_items is not None and model.num_items != stored.get("num_items"):
         raise BundleError(
             f"{folder}: its graphs score {model.num_items} items, its manifest says "

@@ -63,10 +63,17 @@ def valid_mask(items: Any, histories: Sequence[Iterable[int]] | None = None) -> 
     if len(histories) != items.shape[0]:
         raise ValueError(f"got {len(histories)} histories for {items.shape[0]} candidate lists")
     for row, history in enumerate(histories):
-        seen = np.fromiter(history, dtype=np.int64)
+        seen = history if isinstance(history, np.ndarray) else np.fromiter(history, np.int64)
         if seen.size:
             valid[row] &= ~np.isin(items[row], seen)
     return valid
+
+
+def llm_ranks(valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`[U, N]` 0-based LLM rank of every valid slot (invalid: `N`) and `[U]` valid count: the
+    LLM half of `list_ranks`, without sorting the SRM's logits (the fusions need only this)."""
+    n = valid.sum(axis=1)
+    return np.where(valid, np.cumsum(valid, axis=1) - 1, valid.shape[1]), n
 
 
 def list_ranks(srm_logits: Any, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -83,8 +90,7 @@ def list_ranks(srm_logits: Any, valid: np.ndarray) -> tuple[np.ndarray, np.ndarr
     if logits.shape != valid.shape:
         raise ValueError(f"srm_logits {logits.shape} and valid {valid.shape} differ in shape")
     width = valid.shape[1]
-    n = valid.sum(axis=1)  # [U]
-    r_llm = np.where(valid, np.cumsum(valid, axis=1) - 1, width)  # [U, N]
+    r_llm, n = llm_ranks(valid)  # [U, N], [U]
     # Invalid slots sort last; a stable sort keeps LLM order among equal logits.
     key = np.where(valid, -np.nan_to_num(logits, nan=-_BIG, posinf=_BIG, neginf=-_BIG), np.inf)
     order = np.argsort(key, axis=1, kind="stable")  # [U, N] slot indices, best SRM first
@@ -138,7 +144,7 @@ class RankSigmoidFusion(Fusion):
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
 
     def fuse(self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        r_llm, _, n = list_ranks(srm, valid)
+        r_llm, n = llm_ranks(valid)
         rank_term = 1.0 - r_llm / np.maximum(n, 1)[:, None]  # [U, N]
         return self.alpha * rank_term + (1.0 - self.alpha) * sigmoid(srm)
 
@@ -218,7 +224,7 @@ class LLMOnlyFusion(Fusion):
     name: ClassVar[str] = "llm_only"
 
     def fuse(self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        r_llm, _, n = list_ranks(srm, valid)
+        r_llm, n = llm_ranks(valid)
         return 1.0 - r_llm / np.maximum(n, 1)[:, None]
 
 
@@ -301,8 +307,29 @@ def rerank(
         `[≤ k]` int64 item ids, best first.
     """
     fusion = RankSigmoidFusion() if fusion is None else fusion
-    valid = valid_mask(candidates.items, [list(history)])
-    ranked = rerank_batch(candidates.items, candidates.scores, srm_logits, valid, fusion, k)[
-        0
-    ]  # [k]
-    return ranked[ranked != 0]
+    history = history if isinstance(history, np.ndarray) else list(history)
+    return rerank_valid(candidates, srm_logits, valid_mask(candidates.items, [history]), fusion, k)
+
+
+def rerank_valid(
+    candidates: CandidateList,
+    srm_logits: Any,
+    valid: np.ndarray,
+    fusion: Fusion,
+    k: int | None = None,
+) -> np.ndarray:
+    """`rerank` with the `[N]` (or `[1, N]`) mask of showable slots already known (a device
+    keeps a table of what it clicked, so the mask costs one lookup)."""
+    items = candidates.items
+    valid = np.asarray(valid, dtype=bool).reshape(1, -1)
+    logits = np.asarray(srm_logits, dtype=np.float64).reshape(1, -1)
+    llm = np.asarray(candidates.scores, dtype=np.float64).reshape(1, -1)
+    if not logits.shape == llm.shape == valid.shape == (1, len(items)):
+        raise ValueError(f"{len(items)} candidates, {logits.shape[1]} logits, {valid.shape[1]} "
+                         "mask slots")  # fmt: skip
+    # One row, so the batch path's checks and gathers are skipped (a device does this per
+    # click); the order is `rerank_batch`'s: fused score descending, ties in LLM order.
+    fused = np.where(valid, fusion.fuse(llm, logits, valid), -np.inf)[0]
+    fused[np.isnan(fused)] = -np.inf  # an undefined score is never shown, as in the batch path
+    order = np.argsort(-fused, kind="stable")[: len(items) if k is None else k]
+    return items[order[np.isfinite(fused[order])]]

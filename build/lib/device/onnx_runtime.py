@@ -24,6 +24,7 @@ import onnxruntime as ort
 
 from shared.device_format import (
     CANDIDATES_INPUT,
+    CATALOGUE_SURPRISE_KEY,
     CONFIG_KEY,
     FEATURES_INPUT,
     INIT_STATE_KEY,
@@ -121,8 +122,11 @@ class OnnxTTT4Rec:
             raise ValueError(f"{step_path} has no {INIT_STATE_KEY!r} metadata; use export_step")
         self._init_state = OnnxState.from_bytes(base64.b64decode(metadata[INIT_STATE_KEY]))
         self.config: dict[str, Any] = json.loads(metadata.get(CONFIG_KEY, "{}"))
+        # whether the surprise scores the whole catalogue (else its nll and rank share are NaN)
+        self.catalogue_surprise = metadata.get(CATALOGUE_SURPRISE_KEY, "1") == "1"
         self._dtypes = [state_dtype(name) for name in STATE_NAMES]
-        self._output_names = [*state_output_names(), SURPRISE_OUTPUT]
+        self._output_names = [*state_output_names(), SURPRISE_OUTPUT, SCORES_OUTPUT]
+        self._no_candidates = np.zeros((1, 0), dtype=np.int64)
 
     @property
     def num_items(self) -> int | None:
@@ -149,14 +153,25 @@ class OnnxTTT4Rec:
         self, state: OnnxState, items: Any
     ) -> tuple[OnnxState, np.ndarray, np.ndarray]:
         """`step`, plus the `[B, 5]` surprise of each click (one graph run computes both)."""
+        items = as_array(items, np.int64)
+        no_candidates = np.zeros((len(items), 0), dtype=np.int64)
+        new_state, features, surprise, _ = self.click(state, items, no_candidates)
+        return new_state, features, surprise
+
+    def click(
+        self, state: OnnxState, items: Any, candidates: Any
+    ) -> tuple[OnnxState, np.ndarray, np.ndarray, np.ndarray]:
+        """One click per user, in one graph run: the new state, `F_s [B, D]`, the click's
+        surprise `[B, 5]` and the logits `[B, C]` of `candidates [B, C]` under the new state."""
         feeds = {
             name: as_array(array, dtype)
             for name, dtype, array in zip(STATE_NAMES, self._dtypes, state.arrays)
         }
         feeds[ITEMS_INPUT] = as_array(items, np.int64)
-        *outputs, surprise = self.step_session.run(self._output_names, feeds)
+        feeds[CANDIDATES_INPUT] = as_array(candidates, np.int64)
+        *outputs, surprise, scores = self.step_session.run(self._output_names, feeds)
         new_state = OnnxState(tuple(outputs))
-        return new_state, new_state.feature, surprise
+        return new_state, new_state.feature, surprise, scores
 
     def score_features(self, features: Any, items: Any) -> np.ndarray:
         """Logits `[B, C]` of candidate ids `items [B, C]` for user features `[B, D]`."""

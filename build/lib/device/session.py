@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from device.fusion import Fusion, RankSigmoidFusion, rerank
+from device.fusion import Fusion, RankSigmoidFusion, rerank_valid
 from device.policies import AlwaysPolicy, PolicyObservation, RequestPolicy
 from device.policies.surprise import click_row, empty_rows, list_columns
 from shared.candidates import CandidateList
@@ -127,6 +127,17 @@ class StatefulRunner:
     ) -> np.ndarray:
         candidates = np.asarray(items, dtype=np.int64)[None]  # [1, C]
         return np.asarray(self.model.score_features(state[1], candidates)[0], np.float64)
+
+    def step_and_score(
+        self, state: tuple[Any, np.ndarray], history: np.ndarray, item: int, items: np.ndarray
+    ) -> tuple[tuple[Any, np.ndarray], np.ndarray, np.ndarray]:
+        """`step_with_surprise`, plus `score_items` of `items` under the new state, in one
+        graph run when the model has a fused click graph (`OnnxTTT4Rec.click`)."""
+        candidates = np.asarray(items, dtype=np.int64)[None]  # [1, C]
+        new_state, features, surprise, scores = self.model.click(
+            state[0], np.array([item]), candidates
+        )
+        return (new_state, features), np.asarray(surprise[0], np.float64), scores[0]
 
 
 # ---------------------------------------------------------------- the session
@@ -249,6 +260,10 @@ class DeviceSession:
         self.last_error: BaseException | None = None
         self.last_fetch: Any = None  # what the last fetch call returned
         self._history: list[int] = []
+        # clicked[i]: item i is in the history (a lookup per candidate instead of a search of
+        # the whole history at every step); None when the runner does not know the catalogue
+        size = getattr(runner, "num_items", None)
+        self._clicked = np.zeros(int(size) + 1, dtype=bool) if size else None
         self._state = runner.init_state()
         self._logits: np.ndarray | None = None  # SRM logits of the cached list, this step
         self._surprise: list[np.ndarray] = []  # one CLICK_COLUMNS row per click
@@ -277,22 +292,41 @@ class DeviceSession:
         held = None if self.cached is None else (self.cached.items, self.srm_logits())
         # History first: if the SRM step raised, the click would still be kept.
         self._history.append(item)
+        seen_before = self._mark_clicked(item)
         self._logits = None
-        self._state, surprise = self.runner.step_with_surprise(self._state, before, item)
-        self._surprise.append(self._click_row(item, surprise, held, before))
+        if held is not None and hasattr(self.runner, "step_and_score"):
+            # one graph run: the step, and the held list's scores for the next decision
+            self._state, surprise, logits = self.runner.step_and_score(
+                self._state, before, item, held[0]
+            )
+            self._logits = np.asarray(logits, np.float64)
+        else:
+            self._state, surprise = self.runner.step_with_surprise(self._state, before, item)
+        self._surprise.append(self._click_row(item, surprise, held, seen_before))
+
+    def _mark_clicked(self, item: int) -> bool:
+        """Record `item` in the clicked table; whether it had been clicked before."""
+        table = self._clicked
+        if table is None or item >= len(table):
+            return item in self._history[:-1]
+        seen, table[item] = bool(table[item]), True
+        return seen
 
     def _click_row(
         self,
         item: int,
         surprise: np.ndarray,
         held: tuple[np.ndarray, np.ndarray] | None,
-        before: np.ndarray,
+        seen_before: bool,
     ) -> np.ndarray:
-        """The click's surprise row, with its rank and position in the list held at it."""
+        """The click's surprise row, with its rank and position in the list held at it (the
+        list's showable slots as they were before this click)."""
         if held is None:
             return click_row(surprise)
         items, logits = held
-        valid = (items != 0) & ~np.isin(items, before)
+        valid = self.showable(items)
+        if not seen_before:
+            valid |= items == item  # showable until this very click
         part = list_columns([item], [surprise[0]], items[None], logits[None], valid[None])
         return click_row(surprise, part[0])
 
@@ -351,7 +385,15 @@ class DeviceSession:
             raise ValueError(f"k must be >= 1, got {k}")
         if self.cached is None:
             return self.fallback(k)
-        return rerank(self.cached.candidates, self.srm_logits(), self._history, self.fusion, k)
+        valid = self.showable(self.cached.items)
+        return rerank_valid(self.cached.candidates, self.srm_logits(), valid, self.fusion, k)
+
+    def showable(self, items: np.ndarray) -> np.ndarray:
+        """`[N]` bool: the slots of `items` that are not padding and not clicked before."""
+        table = self._clicked
+        if table is not None and (items.size == 0 or items.max() < len(table)):
+            return (items != 0) & ~table[items]
+        return (items != 0) & ~np.isin(items, np.asarray(self._history, dtype=np.int64))
 
     def fallback(self, k: int) -> np.ndarray:
         """Top-`k` of the SRM over every item outside the history (empty if the runner does

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from torch import nn
 from seqrec.models.ttt4rec import TTT4Rec, TTT4RecState
 from shared.device_format import (
     CANDIDATES_INPUT,
+    CATALOGUE_SURPRISE_KEY,
     CONFIG_KEY,
     FEATURES_INPUT,
     INIT_STATE_KEY,
@@ -40,12 +42,13 @@ FORBIDDEN_OPS = frozenset({"Loop", "Scan", "If", "SequenceMap"})
 
 
 class _StepGraph(nn.Module):
-    """`(state tensors…, items [B]) -> (new state tensors…, surprise [B, 5])`;
-    `feature_out` is `F_s`. The item-feature table for the surprise is a constant."""
+    """`(state tensors…, items [B], candidates [B, C]) -> (new state tensors…, surprise [B, 5],
+    scores [B, C])`; `feature_out` is `F_s`. The item-feature table is a constant."""
 
-    def __init__(self, model: TTT4Rec) -> None:
+    def __init__(self, model: TTT4Rec, catalogue: bool) -> None:
         super().__init__()
         self.model = model
+        self.catalogue = catalogue
         self.register_buffer("table", model.all_item_features())  # [I, D]
 
     def forward(
@@ -58,10 +61,13 @@ class _StepGraph(nn.Module):
         feature: torch.Tensor,
         recent: torch.Tensor,
         items: torch.Tensor,
+        candidates: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         state = TTT4RecState(weight, bias, grad_weight, grad_bias, pos, feature, recent)
-        new_state, _, surprise = self.model.step_with_surprise(state, items, self.table)
-        return (*new_state.tensors(), surprise)
+        new_state, _, surprise, scores = self.model.click(
+            state, items, candidates, self.table, self.catalogue
+        )
+        return (*new_state.tensors(), surprise, scores)
 
 
 class _ScorerGraph(nn.Module):
@@ -84,23 +90,33 @@ def _export(
     output_names: list[str],
     dynamic_shapes: dict[str, dict[int, torch.export.Dim]],
 ) -> None:
-    with warnings.catch_warnings():
-        # Notes from inside torch's exporter that say nothing about our graph: sharing one
-        # Dim across inputs is intended, and the LeafSpec deprecation is torch's own call.
-        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
-        warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*", category=FutureWarning)
-        torch.onnx.export(
-            module.eval(),
-            args,
-            str(path),
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_shapes=dynamic_shapes,
-            opset_version=OPSET,
-            dynamo=True,
-            external_data=False,  # one self-contained file; the device models are small
-            verbose=False,
-        )
+    # The exporter logs a warning per torchvision operator it cannot register when torchvision
+    # is not installed; the device graphs use none of them.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # Notes from inside torch's exporter that say nothing about our graph: sharing one
+            # Dim across inputs is intended, and the LeafSpec deprecation is torch's own call.
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+            warnings.filterwarnings(
+                "ignore", message=".*treespec, LeafSpec.*", category=FutureWarning
+            )
+            torch.onnx.export(
+                module.eval(),
+                args,
+                str(path),
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_shapes=dynamic_shapes,
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,  # one self-contained file; the device models are small
+                verbose=False,
+            )
+    finally:
+        registration.setLevel(level)
 
 
 def _frozen_copy(model: TTT4Rec) -> TTT4Rec:
@@ -117,16 +133,20 @@ def _check_loop_free(path: Path) -> onnx.ModelProto:
     return graph
 
 
-def export_step(model: TTT4Rec, path: str | Path) -> Path:
+def export_step(model: TTT4Rec, path: str | Path, catalogue: bool = True) -> Path:
     """Write the one-click step graph; the model's initial state and config go in metadata.
 
     Inputs: `weight, bias, grad_weight, grad_bias, pos, feature, recent` (a `TTT4RecState`,
-    batch dimension `batch` dynamic) and `items [B]` int64. Outputs: the same tensors
-    suffixed `_out` (`feature_out` is `F_s`), then `surprise [B, 5]`.
+    batch dimension `batch` dynamic), `items [B]` int64 and `candidates [B, C]` int64 (the
+    held list; C may be 0). Outputs: the state tensors suffixed `_out` (`feature_out` is
+    `F_s`), `surprise [B, 5]`, and `scores [B, C]` of the candidates under the new state: a
+    click and the next decision's scores in one run.
 
     Args:
         model: the TTT4Rec to export (exported in eval mode, float32).
         path: destination `.onnx` file; parent folders are created.
+        catalogue: compute the surprise columns that score the whole catalogue (surprisal
+            and rank share); False leaves them NaN and the graph skips that product.
     Returns:
         The path written.
     Raises:
@@ -138,18 +158,21 @@ def export_step(model: TTT4Rec, path: str | Path) -> Path:
     state = model.init_state(2)
     state.pos = torch.tensor([0, model.config.mini_batch_size - 1])  # both commit branches
     items = torch.tensor([1, 0])
-    names = [*TTT4RecState.names(), ITEMS_INPUT]
+    candidates = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    names = [*TTT4RecState.names(), ITEMS_INPUT, CANDIDATES_INPUT]
     batch = torch.export.Dim("batch")
     dynamic = {name: {0: batch} for name in names}
-    outputs = [*state_output_names(), SURPRISE_OUTPUT]
+    dynamic[CANDIDATES_INPUT] = {0: batch, 1: torch.export.Dim("count")}
+    outputs = [*state_output_names(), SURPRISE_OUTPUT, SCORES_OUTPUT]
     with torch.no_grad():
-        args = (*state.tensors(), items)
-        _export(_StepGraph(model), args, path, names, outputs, dynamic)
+        args = (*state.tensors(), items, candidates)
+        _export(_StepGraph(model, catalogue), args, path, names, outputs, dynamic)
     graph = _check_loop_free(path)
     init_bytes = model.init_state(1).to_bytes()
     metadata = {
         INIT_STATE_KEY: base64.b64encode(init_bytes).decode("ascii"),
         CONFIG_KEY: json.dumps(model.config.to_dict()),
+        CATALOGUE_SURPRISE_KEY: "1" if catalogue else "0",
     }
     for key, value in metadata.items():
         graph.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))

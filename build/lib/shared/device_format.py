@@ -26,11 +26,15 @@ DRIFT_WINDOW = 4  # last clicks whose mean F_t a click's drift is measured from
 
 ITEMS_INPUT = "items"  # step graph: [B] the clicks
 FEATURES_INPUT = "features"  # scorer graph: [B, D] F_s
-CANDIDATES_INPUT = "candidates"  # scorer graph: [B, C] item ids
-SCORES_OUTPUT = "scores"  # scorer graph: [B, C] logits
+CANDIDATES_INPUT = "candidates"  # scorer and step graphs: [B, C] item ids
+SCORES_OUTPUT = "scores"  # scorer and step graphs: [B, C] logits
 SURPRISE_OUTPUT = "surprise"  # step graph: [B, 5] in SURPRISE_COLUMNS order
 INIT_STATE_KEY = "lsc4rec.init_state"  # step graph metadata: base64 of a one-user state
 CONFIG_KEY = "lsc4rec.config"  # step graph metadata: the model config as JSON
+# step graph metadata: "1" if the surprise scores the whole catalogue (surprisal, rank share),
+# "0" if those columns are NaN
+CATALOGUE_SURPRISE_KEY = "lsc4rec.catalogue_surprise"
+CATALOGUE_COLUMNS = ("nll", "catalogue_rank")  # the columns that need the catalogue product
 
 # ---------------------------------------------------------------- the carried state
 

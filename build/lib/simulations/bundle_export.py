@@ -10,7 +10,9 @@ from typing import Any
 from device.bundle import BundleSettings, check_bundle_target, write_bundle
 from device.fusion import Fusion
 from device.policies import RequestPolicy
+from device.policies.spec import surprise_columns
 from seqrec.onnx_export import export_scorer, export_step
+from shared.device_format import CATALOGUE_COLUMNS
 from shared.manifest import catalogue_digest
 from simulations.replay.keys import srm_fingerprint
 
@@ -42,7 +44,9 @@ def export_device_bundle(
     if generator_version:
         models["generator"] = generator_version
     with tempfile.TemporaryDirectory(prefix="lsc4rec-bundle-") as scratch:
-        step = export_step(model, Path(scratch) / "step.onnx")
+        # the catalogue-wide surprise columns only when the policy reads one of them
+        catalogue = bool(surprise_columns(policy) & set(CATALOGUE_COLUMNS))
+        step = export_step(model, Path(scratch) / "step.onnx", catalogue=catalogue)
         scorer = export_scorer(model, Path(scratch) / "scorer.onnx")
         return write_bundle(
             folder,

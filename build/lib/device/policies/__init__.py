@@ -12,6 +12,8 @@ stream, a request budget), so each user gets their own copy (`spawn(user)`), and
     consistency(θ)   requests when a consistency measure is >= θ (LSC4Rec's policy)
     learned          a logistic regression on device-side features, thresholded
     budget           wraps any policy: at most r requests in any w consecutive steps
+    rate_controlled  wraps a threshold policy: its level follows the device's own request
+                     count, so the fleet keeps its target rate when scores drift
 
 A threshold turns into a target request rate by quantiles over validation-stream scores
 (`calibrate_threshold`, `calibrate_rule`); `ThresholdRule` can randomise exact ties so a
@@ -28,6 +30,7 @@ from typing import Any
 from device.consistency import MEASURES
 from device.policies.base import PolicyObservation, RequestPolicy
 from device.policies.calibration import ThresholdRule, calibrate_rule, calibrate_threshold
+from device.policies.control import RateControlledPolicy
 from device.policies.learned import (
     FEATURE_NAMES,
     FeatureConfig,
@@ -57,6 +60,7 @@ POLICIES: dict[str, type[RequestPolicy]] = {
         ConsistencyPolicy,
         BudgetPolicy,
         LearnedPolicy,
+        RateControlledPolicy,
     )
 }
 
@@ -83,6 +87,7 @@ __all__ = [
     "NeverPolicy",
     "PeriodicPolicy",
     "PolicyObservation",
+    "RateControlledPolicy",
     "RandomPolicy",
     "RequestPolicy",
     "ThresholdRule",

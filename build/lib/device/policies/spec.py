@@ -16,7 +16,7 @@ from device.consistency import build_measure
 from device.policies.base import RequestPolicy
 from device.policies.learned import FeatureConfig, LearnedPolicy, LogisticRegression
 from device.policies.rules import BudgetPolicy, ConsistencyPolicy
-from device.policies.surprise import SURPRISE_MEASURES, SurpriseMeasure
+from device.policies.surprise import CLICK_COLUMNS, SURPRISE_MEASURES, SurpriseMeasure
 
 
 def _fields(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -85,6 +85,20 @@ def policy_from_dict(data: dict[str, Any]) -> RequestPolicy:
         raise ValueError(f"bad policy {data.get('kind')!r}: {err}") from None
 
 
+def surprise_columns(policy: RequestPolicy) -> set[str]:
+    """The click columns (`CLICK_COLUMNS`) a policy reads: the graph a device exports need only
+    compute those (the catalogue-wide surprisal and rank share cost most of a step)."""
+    inner = getattr(policy, "inner", None)
+    if isinstance(inner, RequestPolicy):  # budget, rate controller
+        return surprise_columns(inner)
+    if isinstance(policy, ConsistencyPolicy) and isinstance(policy.measure, SurpriseMeasure):
+        return {CLICK_COLUMNS[policy.measure.column]}
+    if isinstance(policy, LearnedPolicy):
+        names = policy.feature_config.surprise
+        return {CLICK_COLUMNS[SurpriseMeasure(name).column] for name in names}
+    return set()
+
+
 def parse_policy(spec: str, seed: int = 0) -> RequestPolicy:
     """A request policy from a spec: `never`, `always`, `random:P`, `periodic:M`,
     `consistency:THRESHOLD`, `consistency:MEASURE:THRESHOLD` or `surprise:MEASURE:THRESHOLD`
@@ -130,4 +144,5 @@ __all__ = [
     "parse_policy",
     "policy_from_dict",
     "policy_to_dict",
+    "surprise_columns",
 ]

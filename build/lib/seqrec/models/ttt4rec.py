@@ -305,7 +305,11 @@ class TTT4Rec(SequentialRecommender):
         return new_state, features
 
     def step_with_surprise(
-        self, state: TTT4RecState, items: torch.Tensor, item_table: torch.Tensor | None = None
+        self,
+        state: TTT4RecState,
+        items: torch.Tensor,
+        item_table: torch.Tensor | None = None,
+        catalogue: bool = True,
     ) -> tuple[TTT4RecState, torch.Tensor, torch.Tensor]:
         """`step`, plus how unexpected each click was before it was folded in.
 
@@ -314,18 +318,40 @@ class TTT4Rec(SequentialRecommender):
             items: `[B]` clicked ids (>= 1; a 0 gives a meaningless surprise row).
             item_table: `[I, D]` `F_t` of every item (`all_item_features()`), precomputed
                 by a caller that steps often; computed here if None.
+            catalogue: also score the whole catalogue for the click's surprisal (`nll`) and
+                rank share; without it those two columns are NaN and the step skips the
+                `[B, D] × [D, I]` product (what a policy that reads neither needs).
         Returns:
             `(state, F_s, surprise)` with `surprise [B, 5]` in
             `seqrec.models.surprise.SURPRISE_COLUMNS` order.
         """
         table = self.all_item_features() if item_table is None else item_table  # [I, D]
-        logits = state.feature @ table[1:].t()  # [B, I − 1]: items 1..I−1
-        # the click's logit from the same product, so it never ranks above itself
-        logit = logits.gather(1, (items - 1).clamp_min(0).unsqueeze(1)).squeeze(1)  # [B]
-        nll, rank = catalogue_surprise(logits, logit)
+        if catalogue:
+            logits = state.feature @ table[1:].t()  # [B, I − 1]: items 1..I−1
+            # the click's logit from the same product, so it never ranks above itself
+            logit = logits.gather(1, (items - 1).clamp_min(0).unsqueeze(1)).squeeze(1)  # [B]
+            nll, rank = catalogue_surprise(logits, logit)
+        else:
+            logit = (state.feature * table[items]).sum(dim=-1)  # [B]
+            nll = rank = torch.full_like(logit, float("nan"))
         drift = feature_drift(table[items], state.recent)
         new_state, features, inner_loss = self._step(state, items, with_loss=True)
         return new_state, features, stack_surprise(logit, nll, rank, drift, inner_loss)
+
+    def click(
+        self,
+        state: TTT4RecState,
+        items: torch.Tensor,
+        candidates: torch.Tensor,
+        item_table: torch.Tensor,
+        catalogue: bool = True,
+    ) -> tuple[TTT4RecState, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One click as a device handles it: `step_with_surprise`, then the logits `[B, C]` of
+        the held list's `candidates [B, C]` under the new state (what the next decision reads);
+        one call, so the exported graph runs once per click."""
+        new_state, features, surprise = self.step_with_surprise(state, items, item_table, catalogue)
+        scores = (item_table[candidates] @ features.unsqueeze(-1)).squeeze(-1)  # [B, C]
+        return new_state, features, surprise, scores
 
     def _step(
         self, state: TTT4RecState, items: torch.Tensor, with_loss: bool

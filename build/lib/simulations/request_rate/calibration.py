@@ -86,6 +86,93 @@ def calibrate_on_stream(
     return best_rule, best_rate
 
 
+def simulate_controlled(
+    levels: np.ndarray, level: float, gain: float, rate: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Replay the rate controller (`RateControlledPolicy`) on a `[U, T, T]` table of the inner
+    score's quantile levels, all users at once.
+
+    Returns:
+        `[U, T]` requested and `[U, T]` list held after each decision.
+    """
+    users, window = levels.shape[:2]
+    held = np.zeros(users, dtype=np.int64)
+    made = np.zeros(users)  # requests so far, per device
+    requested = np.zeros((users, window), dtype=bool)
+    used = np.zeros((users, window), dtype=np.int64)
+    for t in range(window):
+        wants = levels[np.arange(users), t, held] >= level + gain * (made - rate * t)
+        made += wants
+        held = np.where(wants, t, held)
+        requested[:, t], used[:, t] = wants, held
+    return requested, used
+
+
+def calibrate_controlled(
+    levels: np.ndarray, target_rate: float, gain: float, steps: int = 40
+) -> tuple[float, float]:
+    """The controller's base level whose replayed rate on the stream of `levels` (`[U, T, T]`
+    quantile levels of the inner score) is closest to the target, by bisection.
+
+    Returns:
+        the level and the rate it achieves on this stream.
+    """
+
+    def rate_of(level: float) -> float:
+        return float(simulate_controlled(levels, level, gain, target_rate)[0].mean())
+
+    low, high = -1.0 - gain, 2.0 + gain  # every step requests at `low`, none at `high`
+    best, best_rate = high, rate_of(high)
+    for _ in range(steps):
+        level = (low + high) / 2.0
+        rate = rate_of(level)
+        if abs(rate - target_rate) < abs(best_rate - target_rate):
+            best, best_rate = level, rate
+        low, high = (level, high) if rate > target_rate else (low, level)
+    return best, best_rate
+
+
+GAINS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)  # the controller gains `choose_gain` tries
+DRIFT_OVERSHOOT = 0.2  # the drift the controller must absorb: the plain policy 20% over …
+DRIFT_ABSORBED = 0.05  # … brought back to within 5% of the target
+
+
+def choose_gain(levels: np.ndarray, target_rate: float) -> tuple[float, dict[str, float]]:
+    """The smallest controller gain that absorbs a score drift on the validation stream.
+
+    The validation stream has no drift of its own (the plain policy is calibrated on it), so
+    one is made: every quantile level is raised by the ε that makes the plain policy request
+    `DRIFT_OVERSHOOT` more than its target. Each gain of `GAINS`, calibrated on the
+    unshifted stream, is replayed on the shifted one; the smallest that stays within
+    `DRIFT_ABSORBED` of the target wins (the largest if none does). Small gains cost less
+    accuracy: the controller only overrides the policy as much as the drift demands.
+
+    Returns:
+        the gain and what was measured (ε, each gain's rate under the drift).
+    """
+    plain, _ = calibrate_controlled(levels, target_rate, 0.0)
+
+    def drifted_rate(gain: float, level: float, eps: float) -> float:
+        return float(simulate_controlled(levels + eps, level, gain, target_rate)[0].mean())
+
+    low, high = 0.0, 1.0  # bisect ε: the plain rate grows with it
+    for _ in range(30):
+        eps = (low + high) / 2.0
+        if drifted_rate(0.0, plain, eps) < target_rate * (1.0 + DRIFT_OVERSHOOT):
+            low = eps
+        else:
+            high = eps
+    eps = (low + high) / 2.0
+    found = {"drift": eps}
+    for gain in GAINS:
+        level, _ = calibrate_controlled(levels, target_rate, gain)
+        rate = drifted_rate(gain, level, eps)
+        found[f"rate_at_gain_{gain:g}"] = rate
+        if abs(rate / target_rate - 1.0) <= DRIFT_ABSORBED:
+            return gain, found
+    return GAINS[-1], found
+
+
 def periodic_knobs(rates: Sequence[float], window: int) -> list[tuple[int, float]]:
     """`(m, target rate)`: per target, the m whose rate on a T-step stream,
     ⌊(T−1)/m⌋ / T, is nearest (ties to the smaller m; rate 0 left out), deduplicated.

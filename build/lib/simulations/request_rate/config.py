@@ -23,6 +23,7 @@ from simulations.replay import (
 FAMILIES = ("random", "periodic", "consistency", "learned")
 LEARNED_LABELS = ("rank", "ndcg")  # one learned curve per label (device.policies.learned)
 CALIBRATED = ("consistency", "learned")
+CONTROL_SUFFIX = "+control"  # a chosen policy under the per-device rate controller
 REFERENCES = ("never", "always", "llm_only", "srm_only", "always_alpha_0.5")
 METRICS = tuple(f"{m}@{k}" for m in ("NDCG", "HR") for k in KS)
 
@@ -46,6 +47,10 @@ class RequestRateConfig:
     # surprise measures the learned policy reads (device.policies.learned); the SRM's own
     # surprisal needs a validation stream of clicks new to the SRM (calibration models)
     learned_surprise: tuple[str, ...] = DEFAULT_SURPRISE_FEATURES
+    # the per-device rate controller's gain (device.policies.control): the policy chosen at
+    # each target rate up to goal_max_rate is also run under it; None chooses the gain on the
+    # validation stream (`calibration.choose_gain`), 0 runs no controlled points
+    control_gain: float | None = None
 
     def features(self) -> FeatureConfig:
         """The learned policy's feature settings."""
@@ -71,6 +76,8 @@ class RequestRateConfig:
                 raise ValueError(f"unknown measure {measure!r}; valid: {valid}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {self.fusion!r}; valid: {', '.join(FUSIONS)}")
+        if self.control_gain is not None and self.control_gain < 0:
+            raise ValueError(f"control_gain must be >= 0, got {self.control_gain}")
         if self.bootstrap_draws < 1 or self.calibration_steps < 1:
             raise ValueError("bootstrap_draws and calibration_steps must be >= 1")
         if not 0.0 < self.confidence < 1.0:

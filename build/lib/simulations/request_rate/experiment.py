@@ -15,16 +15,18 @@ from simulations.replay import (
 )
 from simulations.request_rate.auc import auc_table
 from simulations.request_rate.calibration import fit_learned
-from simulations.request_rate.config import RequestRateConfig
+from simulations.request_rate.config import CONTROL_SUFFIX, RequestRateConfig
 from simulations.request_rate.points import (
     PolicyPoint,
     build_points,
     choose_fusion,
+    controlled_point,
     reference_points,
 )
 from simulations.request_rate.statistics import (
     best_calibrated,
     bootstrap_indices,
+    gap_share,
     goal_check,
     paired_difference,
     point_row,
@@ -44,9 +46,10 @@ class ExperimentResult:
     notes: dict[str, Any] = field(default_factory=dict)
     points: list[PolicyPoint] = field(default_factory=list, repr=False)  # aligned with rows
 
-    def chosen(self, rate: float) -> tuple[PolicyPoint, dict[str, Any]]:
+    def chosen(self, rate: float, controlled: bool = True) -> tuple[PolicyPoint, dict[str, Any]]:
         """The policy the experiment chose at target `rate` (best validation NDCG@10 among
-        the calibrated ones) and its row on the test stream.
+        the calibrated ones; under the rate controller when `controlled` and swept so) and
+        its row on the test stream.
 
         Raises:
             ValueError: no calibrated policy was swept at that rate.
@@ -58,6 +61,11 @@ class ExperimentResult:
                 f"no calibrated policy at rate {rate:g}; the sweep's rates: "
                 f"{', '.join(f'{r:g}' for r in rates) or 'none'}"
             )
+        if controlled:
+            family = self.points[best].family + CONTROL_SUFFIX
+            for i, point in enumerate(self.points):
+                if point.family == family and point.target_rate == rate:
+                    return point, self.rows[i]
         return self.points[best], self.rows[best]
 
 
@@ -82,6 +90,7 @@ def run_request_rate(
     config = RequestRateConfig() if config is None else config
     fusion, fusion_notes = choose_fusion(valid, config)
     points, notes = build_points(valid, test.window, config, progress, fusion)
+    points += controlled_points(points, valid, config)
     points += reference_points(config, fusion)
     if fusion_notes:
         notes["fusion"] = fusion_notes
@@ -99,11 +108,16 @@ def run_request_rate(
         return point_row(point, result, indices, config.confidence), result
 
     goal = goal_check(rows, results, points, indices, config, random_at)
+    notes["rate_control"] = rate_control(rows, results, points, indices, config)
     notes["reference_gaps"] = reference_gaps(results, points, indices, config.confidence)
     if config.auc_draws:
         progress_write("scoring every request measure's AUC on the test stream", enabled=progress)
         features = config.features()
-        learned = {p.family: p.policy.model for p in points if p.family.startswith("learned")}
+        learned = {
+            p.family: p.policy.model
+            for p in points
+            if p.family.startswith("learned") and not p.family.endswith(CONTROL_SUFFIX)
+        }
         if not learned:
             learned = {"learned": fit_learned(valid, fusion, features)[0]}
         notes["auc"] = auc_table(
@@ -116,6 +130,53 @@ def run_request_rate(
             config.seed,
         )
     return ExperimentResult(rows, goal, results, notes, points)
+
+
+def controlled_points(
+    points: list[PolicyPoint], valid: ReplayData, config: RequestRateConfig
+) -> list[PolicyPoint]:
+    """The policy chosen at each target rate up to `goal_max_rate`, under the rate controller."""
+    if config.control_gain == 0:
+        return []
+    out = []
+    for rate in config.target_rates:
+        best = best_calibrated(points, rate)
+        if 0 < rate <= config.goal_max_rate and best is not None:
+            out.append(controlled_point(points[best], valid, config))
+    return out
+
+
+def rate_control(
+    rows: list[dict[str, Any]],
+    results: list[ReplayResult],
+    points: list[PolicyPoint],
+    indices: np.ndarray,
+    config: RequestRateConfig,
+) -> list[dict[str, Any]]:
+    """Per target rate: the chosen policy's achieved test rate and share of the always − never
+    gap, without and with the rate controller (and the rate's distance from its target)."""
+    where = {(p.family, p.target_rate): i for i, p in enumerate(points)}
+    user_ndcg = [r.user_metrics()["NDCG@10"] for r in results]
+    ref = {p.family: i for i, p in enumerate(points) if p.family in ("never", "always")}
+    out = []
+    for rate in config.target_rates:
+        best = best_calibrated(points, rate)
+        if best is None or (points[best].family + CONTROL_SUFFIX, rate) not in where:
+            continue
+        entry: dict[str, Any] = {"target_rate": rate, "family": points[best].family}
+        pairs = (
+            ("plain", best),
+            ("controlled", where[(points[best].family + CONTROL_SUFFIX, rate)]),
+        )
+        for name, i in pairs:
+            entry[f"{name}_rate"] = rows[i]["request_rate"]
+            entry[f"{name}_rate_error"] = rows[i]["request_rate"] / rate - 1.0
+            entry[f"{name}_NDCG@10"] = rows[i]["NDCG@10"]
+            if len(ref) == 2:
+                entry[f"{name}_gap_share"] = list(gap_share(user_ndcg[i], user_ndcg[ref["never"]],
+                    user_ndcg[ref["always"]], indices, config.confidence))  # fmt: skip
+        out.append(entry)
+    return out
 
 
 def reference_gaps(

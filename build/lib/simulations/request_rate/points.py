@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -15,21 +15,26 @@ from device.policies import (
     NeverPolicy,
     PeriodicPolicy,
     RandomPolicy,
+    RateControlledPolicy,
     RequestPolicy,
 )
+from device.policies.control import quantile_level, score_quantiles
 from shared.metrics import ndcg
 from shared.progress import progress_write
 from simulations.replay import (
     ReplayData,
 )
 from simulations.request_rate.calibration import (
+    calibrate_controlled,
     calibrate_on_stream,
+    choose_gain,
     fit_learned,
     periodic_knobs,
+    simulate_controlled,
     simulate_rule,
 )
-from simulations.request_rate.config import LEARNED_LABELS, RequestRateConfig
-from simulations.request_rate.states import feature_rows, measure_table
+from simulations.request_rate.config import CONTROL_SUFFIX, LEARNED_LABELS, RequestRateConfig
+from simulations.request_rate.states import feature_rows, measure_table, reachable
 
 # ---------------------------------------------------------------- the points
 
@@ -44,6 +49,7 @@ class PolicyPoint:
     target_rate: float | None = None  # the calibration target (None for references)
     valid_rate: float | None = None  # replayed rate on the validation stream
     valid_ndcg10: float | None = None  # NDCG@10 on the validation stream (selects the best)
+    valid_table: np.ndarray | None = field(default=None, repr=False)  # [U, T, T] scores
 
 
 def _calibrated_points(
@@ -63,8 +69,35 @@ def _calibrated_points(
         _, used = simulate_rule(table, rule, config.seed)
         ndcg10 = float(ndcg(ranks[np.arange(valid.num_users)[:, None], steps, used], 10).mean())
         calibrated = replace(policy, threshold=rule.threshold, tie_prob=rule.tie_prob)
-        points.append(PolicyPoint(family, calibrated, fusion, rate, achieved, ndcg10))
+        points.append(PolicyPoint(family, calibrated, fusion, rate, achieved, ndcg10, table))
     return points
+
+
+def controlled_point(
+    point: PolicyPoint, valid: ReplayData, config: RequestRateConfig
+) -> PolicyPoint:
+    """`point`'s policy under the per-device rate controller, calibrated on `valid` with the
+    controller in the loop (`device.policies.control`)."""
+    quantiles = score_quantiles(point.valid_table[:, reachable(valid.window)])
+    levels = quantile_level(point.valid_table, quantiles)  # [U, T, T]
+    gain = config.control_gain
+    if gain is None:
+        gain, _ = choose_gain(levels, point.target_rate)
+    level, achieved = calibrate_controlled(levels, point.target_rate, gain)
+    policy = RateControlledPolicy(
+        inner=point.policy,
+        target_rate=point.target_rate,
+        quantiles=quantiles,
+        level=level,
+        gain=gain,
+        seed=config.seed,
+    )
+    _, used = simulate_controlled(levels, level, gain, point.target_rate)
+    ranks = valid.fused_ranks(point.fusion)
+    steps = np.arange(valid.window)[None, :]
+    ndcg10 = float(ndcg(ranks[np.arange(valid.num_users)[:, None], steps, used], 10).mean())
+    family = f"{point.family}{CONTROL_SUFFIX}"
+    return PolicyPoint(family, policy, point.fusion, point.target_rate, achieved, ndcg10)
 
 
 def always_ndcg10(valid: ReplayData, fusion: Fusion) -> float:

@@ -83,6 +83,28 @@ def goal_markdown(goal: list[dict[str, Any]], ratio: float) -> str:
     return "\n".join(lines)
 
 
+def rate_control_markdown(entries: list[dict[str, Any]]) -> str:
+    """Per target rate: the chosen policy's achieved test rate and gap share, plain and under
+    the per-device rate controller."""
+    lines = [
+        "| target rate | chosen policy | achieved rate, plain (off by) | achieved rate, "
+        "controlled (off by) | NDCG@10 plain | NDCG@10 controlled | gap share plain "
+        "| gap share controlled |",
+        "|" + " --- |" * 8,
+    ]
+    for e in entries:
+        shares = [e.get(f"{k}_gap_share", [np.nan] * 3) for k in ("plain", "controlled")]
+        lines.append(
+            f"| {e['target_rate']:.2f} | {plain_name(e['family'])} | "
+            f"{e['plain_rate']:.3f} ({e['plain_rate_error']:+.0%}) | "
+            f"{e['controlled_rate']:.3f} ({e['controlled_rate_error']:+.0%}) | "
+            f"{e['plain_NDCG@10']:.4f} | {e['controlled_NDCG@10']:.4f} | "
+            + " | ".join(f"{s[0]:.0%} [{s[1]:.0%}, {s[2]:.0%}]" for s in shares)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def gaps_markdown(gaps: dict[str, list[float]]) -> str:
     """The reference gaps as lines `always − never: +0.0123 [+0.0100, +0.0150]`."""
     lines = [
@@ -121,6 +143,9 @@ def write_outputs(
     text = title + markdown_table(experiment.rows) + "\n\n## Goal check\n\n"
     text += goal_markdown(experiment.goal, config.goal_ratio) + "\n\n"
     text += gaps_markdown(experiment.notes.get("reference_gaps", {}))
+    if experiment.notes.get("rate_control"):
+        text += "\n## The per-device rate controller (test stream)\n\n"
+        text += rate_control_markdown(experiment.notes["rate_control"]) + "\n"
     if experiment.notes.get("auc"):
         text += "\n## Which measure predicts a useful request (test stream)\n\n"
         text += auc_markdown(experiment.notes["auc"])

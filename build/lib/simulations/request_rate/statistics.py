@@ -14,7 +14,13 @@ from simulations.replay import (
     reference_result,
     replay,
 )
-from simulations.request_rate.config import CALIBRATED, METRICS, REFERENCES, RequestRateConfig
+from simulations.request_rate.config import (
+    CALIBRATED,
+    CONTROL_SUFFIX,
+    METRICS,
+    REFERENCES,
+    RequestRateConfig,
+)
 from simulations.request_rate.points import PolicyPoint
 
 # ---------------------------------------------------------------- bootstrap and rows
@@ -90,7 +96,9 @@ def best_calibrated(points: list[PolicyPoint], rate: float) -> int | None:
     calibrated = [
         i
         for i, p in enumerate(points)
-        if p.target_rate == rate and p.family.split("[")[0] in CALIBRATED
+        if p.target_rate == rate
+        and p.family.split("[")[0] in CALIBRATED
+        and not p.family.endswith(CONTROL_SUFFIX)
     ]
     return max(calibrated, key=lambda i: points[i].valid_ndcg10) if calibrated else None
 
