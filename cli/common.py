@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared.datasets import DATASETS
+from shared.datasets import DATASETS, load_dataset
 
 
 class CLIError(Exception):
@@ -28,7 +28,6 @@ def add_dataset_args(parser: argparse.ArgumentParser, required: bool = True) -> 
 
 
 def load_dataset_from_args(args: argparse.Namespace):
-    from shared.datasets import load_dataset
 
     if args.dataset == "synthetic":
         return load_dataset("synthetic", num_users=args.synthetic_users, seed=args.data_seed)

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 from cli import data, devices, experiment, train_llm, train_srm
+from shared.manifest import read_manifest
+from shared.metrics import ndcg
 
 STAGE_MODULES = (data, train_llm, train_srm, experiment, devices)
 
@@ -168,9 +170,6 @@ def live_against_replay(out: Path) -> str:
     import json
 
     import numpy as np
-
-    from shared.manifest import read_manifest
-    from shared.metrics import ndcg
 
     fleet_path, records_path = out / "fleet" / "fleet.json", out / "request_rate" / "records.npz"
     if not (fleet_path.exists() and records_path.exists() and (out / "device").is_dir()):

@@ -16,6 +16,23 @@ import time
 from pathlib import Path
 
 from cli.common import add_dataset_args, load_dataset_from_args
+from cloud.loading import load_generator
+from device.bundle import BundleSettings
+from device.policies.surprise import SURPRISE_MEASURES
+from seqrec.checkpoint import CONFIG_NAME, load_srm
+from shared.splits import split_stream
+from simulations.bundle_export import export_device_bundle
+from simulations.replay import ReplayConfig, dataset_label
+from simulations.request_rate import (
+    RequestRateConfig,
+    gaps_markdown,
+    goal_markdown,
+    markdown_table,
+    prepare_streams,
+    write_outputs,
+)
+from simulations.request_rate import run_request_rate as run_sweep
+from simulations.request_rate.report import rate_control_markdown
 
 
 def add_parser(subparsers) -> None:
@@ -57,7 +74,7 @@ def add_parser(subparsers) -> None:
         default=0.1,
         help="the target rate whose chosen policy the bundle carries (one of --rates)",
     )
-    sweep.set_defaults(func=run_request_rate)
+    sweep.set_defaults(func=run)
 
 
 def _csv(kind: type):
@@ -167,7 +184,6 @@ def _check_folder(path: str, option: str, marker: str) -> Path:
 
 def _check_model_folders(args: argparse.Namespace) -> None:
     """Fail fast, before any data is loaded, on a missing or wrong model folder."""
-    from seqrec.checkpoint import CONFIG_NAME
 
     _check_folder(args.llm, "--llm", "generator.json")
     _check_folder(args.srm, "--srm", CONFIG_NAME)
@@ -179,8 +195,6 @@ def _check_model_folders(args: argparse.Namespace) -> None:
 
 
 def _load_models(args: argparse.Namespace, num_items: int, llm: str, srm: str):
-    from cloud.loading import load_generator
-    from seqrec.checkpoint import load_srm
 
     generator = load_generator(llm)
     model = load_srm(srm)
@@ -192,8 +206,6 @@ def _load_models(args: argparse.Namespace, num_items: int, llm: str, srm: str):
 
 def _build_configs(args: argparse.Namespace):
     """The sweep and replay configs (ValueError on a bad value, before anything slow runs)."""
-    from simulations.replay import ReplayConfig
-    from simulations.request_rate import RequestRateConfig
 
     config = RequestRateConfig(
         target_rates=args.rates,
@@ -213,7 +225,6 @@ def _learned_features(args: argparse.Namespace) -> dict:
     """With calibration models the validation clicks are new to the SRM, so the learned
     policy may read the SRM's own surprisal too (without, it stays off: see
     `device.policies.learned.DEFAULT_SURPRISE_FEATURES`)."""
-    from device.policies.surprise import SURPRISE_MEASURES
 
     return {"learned_surprise": SURPRISE_MEASURES} if args.calibration_llm else {}
 
@@ -227,12 +238,8 @@ def _alphas(args: argparse.Namespace) -> tuple[float, ...]:
     return ALPHAS if args.alpha == "auto" else (args.alpha,)
 
 
-def run_request_rate(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import torch
-
-    from shared.splits import split_stream
-    from simulations.replay import dataset_label
-    from simulations.request_rate import prepare_streams, run_request_rate, write_outputs
 
     config, replay_config = _build_configs(args)
     if args.export_device and args.device_rate not in config.target_rates:
@@ -265,7 +272,7 @@ def run_request_rate(args: argparse.Namespace) -> int:
         calibration=calibration,
     )
     prepared = time.perf_counter()
-    experiment = run_request_rate(
+    experiment = run_sweep(
         test, valid, config, progress=not args.no_progress, topics=dataset.latent_topics
     )
     meta = {
@@ -292,8 +299,6 @@ def run_request_rate(args: argparse.Namespace) -> int:
 
 def _export_device(args, experiment, model, dataset, generator, replay_config) -> None:
     """Write the bundle of the policy chosen at `--device-rate`, and say what it holds."""
-    from device.bundle import BundleSettings
-    from simulations.bundle_export import export_device_bundle
 
     point, row = experiment.chosen(args.device_rate)
     settings = BundleSettings(
@@ -324,8 +329,6 @@ def _export_device(args, experiment, model, dataset, generator, replay_config) -
 
 
 def _print_summary(experiment, config, meta: dict, paths: dict) -> None:
-    from simulations.request_rate import gaps_markdown, goal_markdown, markdown_table
-    from simulations.request_rate.report import rate_control_markdown
 
     print(markdown_table(experiment.rows))
     print("\n" + goal_markdown(experiment.goal, config.goal_ratio))

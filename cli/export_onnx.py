@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from device.onnx_runtime import OnnxTTT4Rec
+from seqrec.checkpoint import load_srm
+from seqrec.onnx_export import export_scorer, export_step
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("export-onnx", help="export TTT4Rec's step and scorer graphs")
@@ -25,8 +29,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from seqrec.checkpoint import load_srm
-    from seqrec.onnx_export import export_scorer, export_step
 
     model = load_srm(args.model)
     if not getattr(model, "stateful", False):
@@ -44,8 +46,6 @@ def run(args: argparse.Namespace) -> int:
 def parity_gap(model, step_path: Path, scorer_path: Path, clicks: int, users: int = 4) -> float:
     """Largest score difference between torch and onnxruntime over a random click stream."""
     import torch
-
-    from device.onnx_runtime import OnnxTTT4Rec
 
     runner = OnnxTTT4Rec(step_path, scorer_path)
     generator = torch.Generator().manual_seed(0)

@@ -285,11 +285,11 @@ def test_cli_reports_failures_by_status_and_fails_when_no_request_succeeds(
     capsys.readouterr()
     # A server wanting a token the devices do not send: every request is UNAUTHENTICATED.
     monkeypatch.setattr("cli.devices.resolve_token", lambda args: "wrong")
-    import cloud.server
+    import cli.devices
 
-    real = cloud.server.ServerConfig
+    real = cli.devices.ServerConfig
     monkeypatch.setattr(
-        cloud.server, "ServerConfig", lambda **kw: real(**{**kw, "auth_token": "right"})
+        cli.devices, "ServerConfig", lambda **kw: real(**{**kw, "auth_token": "right"})
     )
     assert cli_main(base) == 2
     captured = capsys.readouterr()

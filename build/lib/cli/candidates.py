@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from cloud.loading import load_generator
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -60,8 +62,6 @@ def format_table(generator, history: list[int], candidates) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-
-    from cloud.loading import load_generator
 
     if args.threads:
         torch.set_num_threads(args.threads)

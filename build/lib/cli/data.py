@@ -6,6 +6,8 @@ import argparse
 import json
 
 from cli.common import add_dataset_args, load_dataset_from_args
+from shared.datasets.movielens100k import wheel_path
+from shared.stats import dataset_stats, format_stats
 
 
 def add_parser(subparsers) -> None:
@@ -29,8 +31,6 @@ def run_prepare(args: argparse.Namespace) -> int:
     dataset = load_dataset_from_args(args)
     where = ""
     if args.dataset == "ml-100k":
-        from shared.datasets.movielens100k import wheel_path
-
         where = f" (cached at {wheel_path()})"
     print(
         f"{dataset.name}: {dataset.num_users} users, {dataset.num_items} items, "
@@ -40,7 +40,6 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from shared.stats import dataset_stats, format_stats
 
     stats = dataset_stats(load_dataset_from_args(args), test_window=args.test_window)
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))

@@ -21,6 +21,22 @@ import sys
 from pathlib import Path
 
 from cli.common import CLIError, add_dataset_args, load_dataset_from_args, read_token
+from cloud.loading import load_generator
+from cloud.server import ServerConfig, create_server
+from device.bundle import BundleError, load_bundle
+from seqrec.checkpoint import CONFIG_NAME, load_srm
+from shared.manifest import catalogue_digest
+from shared.splits import split_stream
+from simulations.fleet import (
+    FaultPlan,
+    FleetBackendError,
+    FleetConfig,
+    run_fleet,
+    run_fleet_with_restart,
+    summary_table,
+    write_fleet_json,
+)
+from simulations.replay import ReplayStream, stream_from_split
 
 BACKENDS = ("process", "thread", "ray")  # = simulations.fleet.BACKENDS; --help stays light
 TOKEN_ENV = "LSC4REC_TOKEN"  # the bearer token, when no --token-file is given
@@ -110,7 +126,6 @@ def parse_fault(text: str | None):
     """
     if text is None:
         return None
-    from simulations.fleet import FaultPlan
 
     try:
         after, down = text.split(":")
@@ -120,7 +135,6 @@ def parse_fault(text: str | None):
 
 
 def _fleet_config(args: argparse.Namespace, target: str):
-    from simulations.fleet import FleetConfig
 
     return FleetConfig(
         target=target,
@@ -141,8 +155,6 @@ def _fleet_config(args: argparse.Namespace, target: str):
 
 
 def _stream(args: argparse.Namespace):
-    from shared.splits import split_stream
-    from simulations.replay import ReplayStream, stream_from_split
 
     if args.users < 0:
         raise CLIError(f"--users must be >= 0, got {args.users}")
@@ -161,7 +173,6 @@ def _stream(args: argparse.Namespace):
 
 
 def _check_folders(args: argparse.Namespace) -> None:
-    from seqrec.checkpoint import CONFIG_NAME
 
     folders = (
         ("--srm", args.srm, CONFIG_NAME),
@@ -181,7 +192,6 @@ def _check_catalogue(args: argparse.Namespace, dataset) -> None:
     """The SRM must know the data set's items, or every step would score unknown ids."""
     if args.bundle:
         return  # load_bundle checked it, digest included
-    from seqrec.checkpoint import load_srm
 
     found = load_srm(args.srm).config.num_items
     if found != dataset.num_items:
@@ -191,8 +201,6 @@ def _check_catalogue(args: argparse.Namespace, dataset) -> None:
 def _apply_bundle(args: argparse.Namespace, dataset) -> None:
     """With --bundle: verify it against the data set's catalogue, take its settings, say what
     it runs (the options the bundle fixes may not be given)."""
-    from device.bundle import BundleError, load_bundle
-    from shared.manifest import catalogue_digest
 
     fixed = [f"--{name.replace('_', '-')}" for name in ("policy", "fusion", "candidates",
              "request_history") if getattr(args, name) is not None]  # fmt: skip
@@ -215,7 +223,6 @@ def fusion_numbers(fusion) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from simulations.fleet import FleetBackendError, run_fleet, summary_table, write_fleet_json
 
     args.resolved_token = resolve_token(args)
     plan = parse_fault(args.fault)
@@ -263,10 +270,6 @@ def failure_counts(summary: dict) -> str:
 def _run_in_process(args: argparse.Namespace, stream, config, plan):
     """Serve `--llm` on a loopback port for the fleet; with a plan, restart it mid-run."""
     from dataclasses import replace
-
-    from cloud.loading import load_generator
-    from cloud.server import ServerConfig, create_server
-    from simulations.fleet import run_fleet, run_fleet_with_restart
 
     generator = load_generator(args.llm)
     # --token turns auth on for the in-process server too, so the drill covers it

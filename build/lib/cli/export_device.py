@@ -1,5 +1,5 @@
-"""`lsc4rec export-device` and `lsc4rec inspect-device`: build a device bundle by hand, and say
-what one holds.
+"""`lsc4rec export-device`: build a device bundle by hand (`lsc4rec inspect-device` says what one
+holds).
 
     lsc4rec export-device --srm runs/demo/srm --policy consistency:rank_diff:8 \\
         --fusion lsc4rec --alpha 0.9 --dataset ml-100k --out runs/device
@@ -16,6 +16,12 @@ from __future__ import annotations
 import argparse
 
 from cli.common import CLIError, add_dataset_args, load_dataset_from_args
+from cli.inspect_device import run_inspect
+from device.bundle import BundleError, BundleSettings
+from device.fusion import build_fusion
+from device.policies.spec import parse_policy
+from seqrec.checkpoint import load_srm
+from simulations.bundle_export import export_device_bundle
 
 
 def add_parser(subparsers) -> None:
@@ -40,19 +46,8 @@ def add_parser(subparsers) -> None:
     add_dataset_args(export, required=False)  # optional: records the catalogue's digest
     export.set_defaults(func=run_export)
 
-    inspect = subparsers.add_parser(
-        "inspect-device", help="verify a device bundle and say what it runs"
-    )
-    inspect.add_argument("bundle", metavar="DIR", help="the bundle folder")
-    inspect.set_defaults(func=run_inspect)
-
 
 def run_export(args: argparse.Namespace) -> int:
-    from device.bundle import BundleError, BundleSettings
-    from device.fusion import build_fusion
-    from device.policies.spec import parse_policy
-    from seqrec.checkpoint import load_srm
-    from simulations.bundle_export import export_device_bundle
 
     fields = {} if args.alpha is None else {"alpha": args.alpha}
     fusion = build_fusion(args.fusion, **fields)
@@ -73,14 +68,3 @@ def run_export(args: argparse.Namespace) -> int:
         raise CLIError(str(err)) from None
     print(f"wrote device bundle {folder}")
     return run_inspect(argparse.Namespace(bundle=str(folder)))
-
-
-def run_inspect(args: argparse.Namespace) -> int:
-    from device.bundle import BundleError, load_bundle
-
-    try:
-        bundle = load_bundle(args.bundle)
-    except BundleError as err:
-        raise CLIError(str(err)) from None
-    print("\n".join(bundle.describe()))
-    return 0

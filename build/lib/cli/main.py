@@ -1,30 +1,19 @@
-"""The `lsc4rec` console command: one module per subcommand, registered below.
+"""The `lsc4rec` console command: one module per subcommand, imported only when it runs.
 
 Each subcommand module exposes `add_parser(subparsers)` (which sets `func` on its parser) and
-keeps heavy imports (torch, transformers) inside the function that runs, so `--help` is fast.
-The modules are imported plainly: a subcommand whose import breaks fails the command loudly
-instead of vanishing from `--help`.
+imports what it uses at its top. This module knows the commands by name and one-line help
+(`COMMANDS`), so `lsc4rec --help` imports none of them, and `lsc4rec COMMAND …` imports that
+command's module alone (a device with only the runtime installed can run `inspect-device`). A
+module whose import breaks fails the command loudly.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
-from cli import (
-    candidates,
-    data,
-    demo,
-    devices,
-    experiment,
-    export_device,
-    export_onnx,
-    serve,
-    tables,
-    train_llm,
-    train_srm,
-)
 from cli.common import CLIError
 from shared.progress import NO_PROGRESS_ENV
 
@@ -34,23 +23,35 @@ FULL_INSTALL_MODULES = frozenset(
      "matplotlib", "grpc_health", "grpc_reflection"}
 )  # fmt: skip
 
-# Subcommand modules, in the order `lsc4rec --help` lists them.
-SUBCOMMANDS = (
-    data,
-    train_srm,
-    export_onnx,
-    export_device,
-    train_llm,
-    candidates,
-    serve,
-    experiment,
-    devices,
-    tables,
-    demo,
-)
+# (command, its module, its one-line help), in the order `lsc4rec --help` lists them.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("data", "cli.data", "prepare data sets and print their statistics"),
+    ("train-srm", "cli.train_srm", "train a small recommendation model (SRM)"),
+    ("export-onnx", "cli.export_onnx", "export TTT4Rec's step and scorer graphs"),
+    ("export-device", "cli.export_device",
+     "write a device bundle: SRM graphs, policy, fusion, settings"),
+    ("inspect-device", "cli.inspect_device", "verify a device bundle and say what it runs"),
+    ("train-llm", "cli.train_llm", "train the cloud LLM candidate generator"),
+    ("candidates", "cli.candidates",
+     "generate a ranked candidate list from a saved LLM generator"),
+    ("serve", "cli.serve",
+     "serve the candidate generator over gRPC (health, reflection, batching)"),
+    ("experiment", "cli.experiment", "run an experiment (request rate vs accuracy)"),
+    ("devices", "cli.devices", "run simulated devices against the gRPC server (live fleet)"),
+    ("model-table", "cli.tables", "The TTT4Rec abstract's model table on our data"),
+    ("ttt-grid", "cli.tables", "The TTT4Rec paper's hyper-parameter figure on our data"),
+    ("llm-grid", "cli.tables", "Size the item-LM generator by validation"),
+    ("candidate-table", "cli.tables",
+     "How good are the cloud's candidate lists, and how much does a fresh one beat a stale one?"),
+    ("collab-ablation", "cli.tables",
+     "Ablation of LSC4Rec's collaborative training on the device model, and of score fusion"),
+    ("demo", "cli.demo", "the end-to-end demo on MovieLens-100k"),
+)  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `lsc4rec` parser: every command listed by name and help; `command`'s own module
+    imported and its full parser added (with every other command its module registers)."""
     parser = argparse.ArgumentParser(
         prog="lsc4rec",
         description="Device-cloud collaborative recommendation (LLM candidates + TTT4Rec reranking).",
@@ -62,13 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"no progress bars (the same as {NO_PROGRESS_ENV}=1)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in SUBCOMMANDS:
-        module.add_parser(subparsers)
+    module = {name: owner for name, owner, _ in COMMANDS}.get(command)
+    for name, owner, text in COMMANDS:
+        if owner != module:
+            subparsers.add_parser(name, help=text, add_help=False)  # listed, not imported
+        elif name == next(n for n, o, _ in COMMANDS if o == owner):
+            importlib.import_module(owner).add_parser(subparsers)  # all of its commands
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    known, _ = build_parser().parse_known_args(argv)  # which command, without importing any
+    try:
+        parser = build_parser(known.command)
+    except ModuleNotFoundError as err:
+        return _missing(known.command, err)
     args, rest = parser.parse_known_args(argv)
     if getattr(args, "passthrough", False):
         args.rest = rest  # an experiment script parses its own arguments (cli.tables)
@@ -85,14 +95,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lsc4rec {args.command}: error: {err}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:
-        if (err.name or "").split(".")[0] not in FULL_INSTALL_MODULES:
-            raise
-        print(f"lsc4rec {args.command}: error: needs {err.name}, which the device runtime "
-              "install leaves out: pip install 'lsc4rec[full]'", file=sys.stderr)  # fmt: skip
-        return 2
+        return _missing(args.command, err)
     except KeyboardInterrupt:
         print(f"lsc4rec {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _missing(command: str, err: ModuleNotFoundError) -> int:
+    """One line for a command that needs the full install; any other missing module raises."""
+    if (err.name or "").split(".")[0] not in FULL_INSTALL_MODULES:
+        raise err
+    print(f"lsc4rec {command}: error: needs {err.name}, which the device runtime install "
+          "leaves out: pip install 'lsc4rec[full]'", file=sys.stderr)  # fmt: skip
+    return 2
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 
 from cli.common import read_token
+from cloud.logs import configure_json_logging
+from cloud.server import ServerConfig, serve
 
 
 def add_parser(subparsers) -> None:
@@ -50,8 +52,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cloud.logs import configure_json_logging
-    from cloud.server import ServerConfig, serve
 
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"model folder not found: {args.model}")

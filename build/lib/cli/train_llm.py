@@ -17,6 +17,11 @@ from pathlib import Path
 
 from cli.common import add_dataset_args, load_dataset_from_args
 from cloud.config import BackboneConfig, GeneratorConfig, LoraOptions, TrainConfig
+from cloud.generator import CandidateGenerator
+from cloud.item_lm import ItemLMConfig, ItemSequenceGenerator
+from cloud.training import item_lm_train_config, train_generator, train_item_lm
+from shared.progress import progress_write
+from shared.splits import split_stream
 
 # Defaults come from the configs (light module, no torch), so the CLI and the library agree.
 BACKBONE, GENERATOR, LORA, TRAIN = BackboneConfig(), GeneratorConfig(), LoraOptions(), TrainConfig()
@@ -181,8 +186,6 @@ def build_configs(args: argparse.Namespace):
 
 def build_item_lm_configs(args: argparse.Namespace):
     """`ItemLMConfig` (catalogue size filled in later) and the sequence trainer's config."""
-    from cloud.item_lm import ItemLMConfig
-    from cloud.training import item_lm_train_config
 
     if args.base_model:
         raise ValueError("--base-model applies to --generator prompt only")
@@ -219,8 +222,6 @@ def build_item_lm_configs(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     import torch
-
-    from shared.splits import split_stream
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -262,10 +263,6 @@ def _describe(generator, what: str, dataset, split) -> None:
 def _train_item_lm(args, model_config, train_config, dataset, split):
     import dataclasses
 
-    from cloud.item_lm import ItemSequenceGenerator
-    from cloud.training import train_item_lm
-    from shared.progress import progress_write
-
     model_config = dataclasses.replace(model_config, num_items=dataset.num_items)
     generator = ItemSequenceGenerator.create(
         model_config,
@@ -298,9 +295,6 @@ def _train_item_lm(args, model_config, train_config, dataset, split):
 
 def _train_prompt(args, gen_config, train_config, dataset, split):
     import dataclasses
-
-    from cloud.generator import CandidateGenerator
-    from cloud.training import train_generator
 
     generator = CandidateGenerator.create(
         gen_config,

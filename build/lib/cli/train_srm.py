@@ -12,7 +12,17 @@ import json
 from pathlib import Path
 
 from cli.common import add_dataset_args, load_dataset_from_args
+from cloud.loading import load_generator
+from seqrec.checkpoint import load_srm, save_srm
+from seqrec.collaborative import (
+    CollaborativeConfig,
+    cached_candidate_examples,
+    train_collaborative,
+)
+from seqrec.models import build_model, get_model_class
+from seqrec.training import TrainConfig, ValidationSet, train_srm
 from shared.options import parse_options
+from shared.splits import split_stream
 
 MODELS = ("ttt4rec", "sasrec", "gru4rec", "din")
 
@@ -111,11 +121,6 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from seqrec.checkpoint import load_srm, save_srm
-    from seqrec.models import build_model, get_model_class
-    from seqrec.training import TrainConfig, ValidationSet, train_srm
-    from shared.splits import split_stream
-
     if args.collaborative and not args.llm:
         raise ValueError("--collaborative needs --llm DIR (a generator folder from train-llm)")
     if args.threads:
@@ -191,12 +196,6 @@ def _stage_log(result, protocol: str) -> dict:
 
 def _collaborative_stages(args, model, split, valid, config) -> dict:
     """LSC4Rec steps 3 and 4 with the frozen generator in `args.llm`."""
-    from cloud.loading import load_generator
-    from seqrec.collaborative import (
-        CollaborativeConfig,
-        cached_candidate_examples,
-        train_collaborative,
-    )
 
     generator = load_generator(args.llm)
     n = min(50, generator.num_items - 1)
