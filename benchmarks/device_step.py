@@ -117,12 +117,18 @@ def bench_ttt_torch(model, history, stream, candidates, args) -> tuple[float, fl
     return time_calls(click, args.iters, args.warmup)
 
 
+def _onnx_setup(model, history, stream, candidates, args) -> tuple:
+    """The state a device would hold after `history` (stored by torch, read as numpy), the
+    clicks and candidates as numpy, and the rerank."""
+    state, _ = model.encode_with_state(history)
+    holder = {"state": OnnxState.from_bytes(state.to_bytes())}
+    show = _reranker(candidates, history, args.num_items)
+    return holder, stream.numpy(), candidates.numpy(), show
+
+
 def bench_bundle(runner, model, history, stream, candidates, args) -> tuple[float, float]:
     """One fused graph run per click (step, surprise, the list's scores), then the rerank."""
-    state, _ = model.encode_with_state(history)  # same state the device would hold
-    holder = {"state": OnnxState.from_bytes(state.to_bytes())}
-    items, cands = stream.numpy(), candidates.numpy()
-    show = _reranker(candidates, history, args.num_items)
+    holder, items, cands, show = _onnx_setup(model, history, stream, candidates, args)
 
     def click(i: int) -> object:
         holder["state"], _, _, scores = runner.click(holder["state"], items[i : i + 1], cands)
@@ -133,10 +139,7 @@ def bench_bundle(runner, model, history, stream, candidates, args) -> tuple[floa
 
 def bench_two_runs(runner, model, history, stream, candidates, args) -> tuple[float, float]:
     """A step run (with the surprise), then a scorer run, then the rerank."""
-    state, _ = model.encode_with_state(history)
-    holder = {"state": OnnxState.from_bytes(state.to_bytes())}
-    items, cands = stream.numpy(), candidates.numpy()
-    show = _reranker(candidates, history, args.num_items)
+    holder, items, cands, show = _onnx_setup(model, history, stream, candidates, args)
 
     def click(i: int) -> object:
         holder["state"], features, _ = runner.step_with_surprise(holder["state"], items[i : i + 1])

@@ -126,7 +126,6 @@ class OnnxTTT4Rec:
         self.catalogue_surprise = metadata.get(CATALOGUE_SURPRISE_KEY, "1") == "1"
         self._dtypes = [state_dtype(name) for name in STATE_NAMES]
         self._output_names = [*state_output_names(), SURPRISE_OUTPUT, SCORES_OUTPUT]
-        self._no_candidates = np.zeros((1, 0), dtype=np.int64)
 
     @property
     def num_items(self) -> int | None:

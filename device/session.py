@@ -288,7 +288,6 @@ class DeviceSession:
         item = int(item)
         if item < 1:
             raise ValueError(f"clicked item ids are >= 1, got {item}")
-        before = self.history
         held = None if self.cached is None else (self.cached.items, self.srm_logits())
         # History first: if the SRM step raised, the click would still be kept.
         self._history.append(item)
@@ -297,10 +296,11 @@ class DeviceSession:
         if held is not None and hasattr(self.runner, "step_and_score"):
             # one graph run: the step, and the held list's scores for the next decision
             self._state, surprise, logits = self.runner.step_and_score(
-                self._state, before, item, held[0]
+                self._state, self._history[:-1], item, held[0]
             )
             self._logits = np.asarray(logits, np.float64)
         else:
+            before = np.asarray(self._history[:-1], dtype=np.int64)  # a re-reading model's input
             self._state, surprise = self.runner.step_with_surprise(self._state, before, item)
         self._surprise.append(self._click_row(item, surprise, held, seen_before))
 

@@ -118,14 +118,12 @@ class HistoryRunner:
         return self.model.score(hist, candidates)[0].numpy().astype(np.float64)
 
 
-def make_runner(model: Any) -> Any:
-    """The session adapter of an SRM: `TorchStatefulRunner` for torch models that carry a state
-    (`stateful = True`), `HistoryRunner` for the others; a model that already speaks the
-    runner interface (e.g. `device.onnx_runtime.OnnxRunner`) is returned as it is."""
+def make_runner(model: torch.nn.Module) -> TorchStatefulRunner | HistoryRunner:
+    """The session adapter of a torch SRM: `TorchStatefulRunner` for models that carry a state
+    (`stateful = True`), `HistoryRunner` for the others (the onnxruntime model has its own,
+    `device.session.StatefulRunner`)."""
     if not isinstance(model, torch.nn.Module):
-        if all(callable(getattr(model, m, None)) for m in ("init_state", "score_items")):
-            return model
-        raise TypeError(f"{type(model).__name__} is neither a torch SRM nor an SRM runner")
+        raise TypeError(f"{type(model).__name__} is not a torch SRM; use its own runner")
     if getattr(model, "stateful", False):
         return TorchStatefulRunner(model)
     return HistoryRunner(model)

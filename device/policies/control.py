@@ -24,8 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from device.policies.base import PolicyObservation, RequestPolicy
-from device.policies.learned import LearnedPolicy
-from device.policies.rules import AlwaysPolicy, ConsistencyPolicy
+from device.policies.rules import ConsistencyPolicy
 
 QUANTILES = 200  # resolution of the stored score distribution
 
@@ -50,15 +49,6 @@ def quantile_level(scores: Any, quantiles: Any) -> np.ndarray:
     return np.interp(np.asarray(scores, np.float64), unique, top)
 
 
-def inner_score(policy: RequestPolicy, obs: PolicyObservation) -> float:
-    """The score a threshold policy compares with its threshold."""
-    if isinstance(policy, LearnedPolicy):
-        return policy.probability(obs)
-    if isinstance(policy, ConsistencyPolicy):
-        return policy.score(obs)
-    raise TypeError(f"a rate controller wraps a threshold policy, not {policy.name!r}")
-
-
 @dataclass(eq=False)
 class RateControlledPolicy(RequestPolicy):
     """A threshold policy (consistency, surprise or learned) under a per-device rate controller.
@@ -68,7 +58,7 @@ class RateControlledPolicy(RequestPolicy):
     """
 
     name: ClassVar[str] = "rate_controlled"
-    inner: RequestPolicy = field(default_factory=AlwaysPolicy)  # a threshold policy
+    inner: RequestPolicy = field(default_factory=ConsistencyPolicy)  # a threshold policy
     target_rate: float = 0.1  # r: the share of steps the device should request at
     quantiles: tuple[float, ...] = (0.0, 1.0)  # the inner score's validation quantiles
     level: float = 0.9  # base quantile level (calibrated on validation with the controller)
@@ -79,6 +69,8 @@ class RateControlledPolicy(RequestPolicy):
             raise ValueError(f"target_rate must be in (0, 1], got {self.target_rate}")
         if self.gain < 0.0:
             raise ValueError(f"gain must be >= 0, got {self.gain}")
+        if not callable(getattr(self.inner, "score", None)):
+            raise TypeError(f"a rate controller wraps a threshold policy, not {self.inner.name!r}")
         self.quantiles = tuple(float(q) for q in self.quantiles)
         if len(self.quantiles) < 2 or np.any(np.diff(self.quantiles) < 0):
             raise ValueError("quantiles must be >= 2 non-decreasing scores")
@@ -107,7 +99,7 @@ class RateControlledPolicy(RequestPolicy):
         return self.level + self.gain * (requests - self.target_rate * steps)
 
     def decide(self, obs: PolicyObservation) -> bool:
-        u = float(quantile_level(inner_score(self.inner, obs), self.quantiles))
+        u = float(quantile_level(self.inner.score(obs), self.quantiles))
         wanted = u >= self.threshold_level(self._requests, self._steps)
         self._steps += 1
         self._requests += int(wanted)

@@ -297,6 +297,8 @@ class LearnedPolicy(RequestPolicy):
         """The classifier's probability that a fresh list would help at this step."""
         return float(self.model.predict_proba(observation_features(obs, self.feature_config))[0])
 
+    score = probability  # what the threshold is compared with, as `ConsistencyPolicy.score`
+
     def decide(self, obs: PolicyObservation) -> bool:
         rule = ThresholdRule(self.threshold, self.tie_prob)
         return bool(rule.decide(np.array([self.probability(obs)]), self.rng)[0])

@@ -15,7 +15,7 @@ from typing import Any
 from device.consistency import build_measure
 from device.policies.base import RequestPolicy
 from device.policies.learned import FeatureConfig, LearnedPolicy, LogisticRegression
-from device.policies.rules import BudgetPolicy, ConsistencyPolicy
+from device.policies.rules import ConsistencyPolicy
 from device.policies.surprise import CLICK_COLUMNS, SURPRISE_MEASURES, SurpriseMeasure
 
 
@@ -136,9 +136,6 @@ def parse_policy(spec: str, seed: int = 0) -> RequestPolicy:
 
 
 __all__ = [
-    "BudgetPolicy",
-    "ConsistencyPolicy",
-    "LearnedPolicy",
     "measure_from_dict",
     "measure_to_dict",
     "parse_policy",

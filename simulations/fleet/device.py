@@ -66,25 +66,29 @@ _WORKER_CACHE: dict[tuple, Any] = {}
 _WORKER_LOCK = threading.Lock()
 
 
-def _worker_model(config: FleetConfig):
-    """The SRM of `config.srm_dir`, loaded once per worker."""
-    key = ("srm", config.srm_dir)
+def _once(key: tuple, make: Callable[[], Any]) -> Any:
+    """`make()` the first time this worker asks for `key`, the same object afterwards."""
     with _WORKER_LOCK:
         if key not in _WORKER_CACHE:
-            import torch
-
-            torch.set_num_threads(config.torch_threads)
-            _WORKER_CACHE[key] = load_srm(config.srm_dir)
+            _WORKER_CACHE[key] = make()
         return _WORKER_CACHE[key]
+
+
+def _worker_model(config: FleetConfig):
+    """The SRM of `config.srm_dir`, loaded once per worker."""
+
+    def load():
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
+        return load_srm(config.srm_dir)
+
+    return _once(("srm", config.srm_dir), load)
 
 
 def _worker_bundle(config: FleetConfig):
     """The device bundle of `config.bundle_dir`, loaded (and verified) once per worker."""
-    key = ("bundle", config.bundle_dir)
-    with _WORKER_LOCK:
-        if key not in _WORKER_CACHE:
-            _WORKER_CACHE[key] = load_bundle(config.bundle_dir)
-        return _WORKER_CACHE[key]
+    return _once(("bundle", config.bundle_dir), lambda: load_bundle(config.bundle_dir))
 
 
 def _session(task: DeviceTask, config: FleetConfig) -> DeviceSession:
@@ -103,13 +107,9 @@ def _session(task: DeviceTask, config: FleetConfig) -> DeviceSession:
 
 def _worker_client(config: FleetConfig):
     """One gRPC client per worker and target (a channel is thread-safe and reconnects)."""
-
     client_config = config.client_config()
     key = ("client", repr(client_config), config.token)
-    with _WORKER_LOCK:
-        if key not in _WORKER_CACHE:
-            _WORKER_CACHE[key] = CandidateClient(client_config)
-        return _WORKER_CACHE[key]
+    return _once(key, lambda: CandidateClient(client_config))
 
 
 def _fetcher(client, config: FleetConfig, task: DeviceTask, log: list[RequestLog], step: Callable):
