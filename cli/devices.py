@@ -105,7 +105,8 @@ def resolve_token(args: argparse.Namespace) -> str | None:
         FileNotFoundError, ValueError: an unreadable or empty token file.
         CLIError: more than one source given.
     """
-    given = [args.token_file is not None, bool(os.environ.get(TOKEN_ENV)), args.token is not None]
+    env_token = os.environ.get(TOKEN_ENV)
+    given = [args.token_file is not None, env_token is not None, args.token is not None]
     if sum(given) > 1:
         raise CLIError(f"give the token once: --token-file, {TOKEN_ENV} or --token")
     if args.token is not None:
@@ -115,7 +116,13 @@ def resolve_token(args: argparse.Namespace) -> str | None:
             file=sys.stderr,
         )
         return args.token
-    return read_token(args.token_file) or os.environ.get(TOKEN_ENV) or None
+    if env_token is not None:
+        # Stripped like a token file: `export LSC4REC_TOKEN=$(cat file)` keeps no newline,
+        # but a here-doc or an env file does, and a token with it fails every call.
+        if not env_token.strip():
+            raise CLIError(f"{TOKEN_ENV} is set but empty")
+        return env_token.strip()
+    return read_token(args.token_file)
 
 
 def parse_fault(text: str | None):

@@ -72,8 +72,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose value may start with "-" (a token from `secrets.token_urlsafe` does, 1 time in
+# 64): argparse would take `--token -x…` for two options, so the pair is joined first.
+VALUE_OPTIONS = ("--token",)
+
+
+def join_option_values(argv: list[str], options: tuple[str, ...] = VALUE_OPTIONS) -> list[str]:
+    """`[…, "--token", "-abc", …]` as `[…, "--token=-abc", …]` (argparse reads both alike)."""
+    out, index = [], 0
+    while index < len(argv):
+        if argv[index] in options and index + 1 < len(argv):
+            out.append(f"{argv[index]}={argv[index + 1]}")
+            index += 2
+        else:
+            out.append(argv[index])
+            index += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = join_option_values(sys.argv[1:] if argv is None else list(argv))
     known, _ = build_parser().parse_known_args(argv)  # which command, without importing any
     try:
         parser = build_parser(known.command)
@@ -91,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError) as err:
+    except (CLIError, ValueError, OSError) as err:  # OSError: a file or address problem
         print(f"lsc4rec {args.command}: error: {err}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:

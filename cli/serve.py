@@ -1,17 +1,22 @@
 """`lsc4rec serve`: host a trained candidate generator over gRPC until SIGTERM/SIGINT.
 
-Logs are JSON lines on stderr; the `listening` line carries the bound port (useful with
-`--port 0`), `serving` follows once the model is loaded. See docs/grpc.md for calling it.
+Logs are JSON lines on stderr, and nothing else is: gRPC's own C-core lines are turned into
+records too. The `listening` line carries the bound port (useful with `--port 0`), `serving`
+follows once the model is loaded. A start-up failure (a model folder that differs from its
+manifest or cannot be read, a taken port, a TLS key that is not the certificate's) is one
+record at level "error" and exit status 2. See docs/grpc.md for calling it.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import logging
 
-from cli.common import read_token
-from cloud.logs import configure_json_logging
+from cli.common import CLIError, read_token
+from cloud.logs import NativeStderrRouter, configure_json_logging
 from cloud.server import ServerConfig, serve
+
+logger = logging.getLogger("lsc4rec.server")
 
 
 def add_parser(subparsers) -> None:
@@ -52,9 +57,18 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    configure_json_logging(args.log_level)
+    router = NativeStderrRouter().start()
+    try:
+        return _serve(args)
+    except (CLIError, ValueError, OSError) as err:  # BindError and a missing file included
+        logger.error("cannot start", extra={"error": str(err)})
+        return 2
+    finally:
+        router.stop()
 
-    if not Path(args.model).is_dir():
-        raise FileNotFoundError(f"model folder not found: {args.model}")
+
+def _serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     config = ServerConfig(
@@ -71,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
         grace_s=args.grace,
         drain_s=args.drain,
     )
-    configure_json_logging(args.log_level)
     if args.torch_threads:
         import torch
 

@@ -50,6 +50,37 @@ def _no_hf_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Keep transformers' multi-line load report off stderr (the server's stderr is JSON
+    lines): `_require_every_weight` turns what it reports into one error."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _require_every_weight(model_dir: Path, info: dict) -> None:
+    """Raise ValueError when `from_pretrained`'s loading info names a tensor it did not load
+    from the folder (it initialised it at random) or one it could not use."""
+    problems = {
+        "missing": info.get("missing_keys"),
+        "unexpected": info.get("unexpected_keys"),
+        "mis-shaped": info.get("mismatched_keys"),
+    }
+    for what, keys in problems.items():
+        if keys:
+            names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in keys)
+            more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+            raise ValueError(f"{model_dir}: {what} weight {names[0]}{more}; refusing to load")
+    if info.get("error_msgs"):
+        raise ValueError(f"{model_dir}: {info['error_msgs'][0]}")
+
+
 def build_model(backbone: BackboneConfig, vocab_size: int, pad_id: int, eos_id: int):
     """A randomly initialised model of the configured family.
 
@@ -192,20 +223,37 @@ def _save_model(model, folder: Path) -> None:
 
 
 def load_model(folder: Path):
-    """Inverse of `save_model`; the model comes back in eval mode.
+    """Inverse of `save_model`, strict: the model comes back in eval mode with every weight
+    read from the folder, or not at all.
+
+    transformers fills a missing tensor with fresh random values and only logs a report;
+    served, such a model answers with a random layer under the same version. Here a missing,
+    unexpected or mis-shaped tensor refuses the folder instead.
 
     Raises:
         FileNotFoundError: `folder/model` is missing.
+        ValueError: the config or the weights cannot be read, or do not fit each other
+            (one line naming the file).
     """
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     model_dir = folder / "model"
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: no saved model (config.json missing)")
-    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    try:
+        config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{model_dir / 'config.json'}: unreadable model config ({err})") from None
     model_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    with _no_hf_bars():
-        model = model_class.from_pretrained(model_dir, local_files_only=True)
+    try:
+        with _no_hf_bars(), _quiet_transformers():
+            model, info = model_class.from_pretrained(
+                model_dir, local_files_only=True, output_loading_info=True
+            )
+    except (OSError, SafetensorError) as err:
+        raise ValueError(f"{model_dir}: unreadable weights (truncated?): {err}") from None
+    _require_every_weight(model_dir, info)
     if (folder / "adapter" / "adapter_config.json").is_file():
         from peft import PeftModel
 

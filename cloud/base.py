@@ -17,10 +17,12 @@ import numpy as np
 
 from shared.cache import weights_digest
 from shared.candidates import CandidateList
+from shared.manifest import check_model_folder, write_model_manifest
 
 GENERATOR_FILE = "generator.json"
 TITLES_FILE = "item_titles.json"
 FORMAT_VERSION = 1
+MANIFEST_KIND = "generator"
 
 
 class GeneratorBase:
@@ -34,6 +36,7 @@ class GeneratorBase:
     dataset_name: str = ""
     item_titles: list[str] | None = None
     _model_version: str = ""
+    nested_top_n = False  # True when every top-n is a prefix of a longer top-n (exact search)
 
     @property
     def num_items(self) -> int:
@@ -135,6 +138,8 @@ class GeneratorBase:
             "config": config,
         }
         (folder / GENERATOR_FILE).write_text(json.dumps(meta, indent=2))
+        # Last: the manifest hashes every file written above.
+        write_model_manifest(folder, MANIFEST_KIND, model_version=self.model_version)
 
 
 def weights_version(state: dict, prefix: str) -> str:
@@ -142,20 +147,38 @@ def weights_version(state: dict, prefix: str) -> str:
     return f"{prefix}-{weights_digest(state)[:12]}"
 
 
-def read_meta(folder: str | Path) -> tuple[dict[str, Any], list[str] | None]:
+def read_json(path: Path) -> Any:
+    """A JSON file of a saved folder; ValueError naming the file when it is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def read_meta(folder: str | Path, verify: bool = True) -> tuple[dict[str, Any], list[str] | None]:
     """`generator.json` and the titles of a saved generator folder.
 
+    Args:
+        verify: check the folder against its manifest first (`shared.manifest`); a caller
+            that has just done so passes False.
     Raises:
         FileNotFoundError: the folder is not a generator folder.
-        ValueError: the folder was written by a newer, unknown format.
+        ValueError: files that differ from the manifest, a file that is not JSON, or a
+            folder written by a newer, unknown format (one line naming the file).
     """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder}")
     meta_path = folder / GENERATOR_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"{folder}: not a generator folder ({GENERATOR_FILE} missing)")
-    meta = json.loads(meta_path.read_text())
+    if verify:
+        check_model_folder(folder, MANIFEST_KIND)
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{meta_path}: not a generator description (no 'config' object)")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{folder}: unsupported format_version {meta.get('format_version')}")
+        raise ValueError(f"{meta_path}: unsupported format_version {meta.get('format_version')}")
     titles_path = folder / TITLES_FILE
-    titles = json.loads(titles_path.read_text()) if titles_path.is_file() else None
+    titles = read_json(titles_path) if titles_path.is_file() else None
     return meta, titles

@@ -211,18 +211,24 @@ class CandidateGenerator(GeneratorBase):
         self._write_meta(folder, "prompt", self.config.to_dict())
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> CandidateGenerator:
-        """Load a folder written by `save_pretrained`.
+    def from_pretrained(cls, folder: str | Path, verify: bool = True) -> CandidateGenerator:
+        """Load a folder written by `save_pretrained`, strictly.
 
+        Args:
+            verify: check the folder against its manifest first (False: the caller did).
         Raises:
             FileNotFoundError: the folder or one of its parts is missing.
-            ValueError: the folder was written by a newer, unknown format.
+            ValueError: a file differs from the manifest or cannot be read, the weights do
+                not fit the config, or the folder was written by a newer, unknown format.
         """
         from transformers import AutoTokenizer
 
         folder = Path(folder)
-        meta, titles = read_meta(folder)
-        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+        meta, titles = read_meta(folder, verify)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{folder / 'tokenizer'}: unreadable tokenizer ({err})") from None
         return cls(
             bb.load_model(folder),
             tokenizer,

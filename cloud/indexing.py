@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cloud.base import read_json
+
 INDEX_FILE = "item_index.json"
 
 
@@ -56,7 +58,10 @@ class ItemIndex:
 
     @classmethod
     def load(cls, folder: str | Path) -> ItemIndex:
-        data = json.loads(Path(folder, INDEX_FILE).read_text())
+        path = Path(folder, INDEX_FILE)
+        data = read_json(path)
+        if not isinstance(data, dict) or not {"scheme", "identifiers"} <= data.keys():
+            raise ValueError(f"{path}: not an item index (needs 'scheme' and 'identifiers')")
         return cls(scheme=data["scheme"], identifiers=tuple(data["identifiers"]))
 
 

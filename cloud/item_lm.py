@@ -34,11 +34,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cloud import backbone as bb
-from cloud.base import GeneratorBase, read_meta, weights_version
+from cloud.base import GENERATOR_FILE, GeneratorBase, read_json, read_meta, weights_version
 from cloud.config import BackboneConfig
 from seqrec.models.base import SequentialRecommender, SRMConfig, compact_history, gather_last
 from shared.batching import pad_histories
@@ -200,6 +201,10 @@ class ItemSequenceGenerator(GeneratorBase):
         attribute_names: the attribute vocabulary (empty without item knowledge).
     """
 
+    # The top-n is an exact sort of the whole catalogue, so the top-n of every n is a prefix
+    # of the top-500: a server batch with many n needs one call (cloud.servicer.run_batch).
+    nested_top_n = True
+
     def __init__(
         self,
         model: ItemLanguageModel,
@@ -279,24 +284,36 @@ class ItemSequenceGenerator(GeneratorBase):
         self._write_meta(folder, "item-lm", self.config.to_dict())
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> ItemSequenceGenerator:
-        """Load a folder written by `save_pretrained`.
+    def from_pretrained(cls, folder: str | Path, verify: bool = True) -> ItemSequenceGenerator:
+        """Load a folder written by `save_pretrained`, strictly.
 
+        Args:
+            verify: check the folder against its manifest first (False: the caller did).
         Raises:
             FileNotFoundError: the folder or one of its parts is missing.
-            ValueError: the folder was written by a newer, unknown format.
+            ValueError: a file differs from the manifest or cannot be read, the weights do
+                not fit the config, or the folder was written by a newer, unknown format.
         """
         folder = Path(folder)
-        meta, titles = read_meta(folder)
-        config = ItemLMConfig(**meta["config"])
+        meta, titles = read_meta(folder, verify)
+        try:
+            config = ItemLMConfig(**meta["config"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{folder / GENERATOR_FILE}: bad item-LM config: {err}") from None
         side, per_item, names = {}, None, []
         if config.num_attributes:
-            side = load_file(str(folder / ITEM_SIDE_FILE))
+            side = _read_item_side(folder / ITEM_SIDE_FILE)
             per_item = _rows(side["attr_index"], side["attr_offsets"])
-            names = json.loads((folder / ATTRIBUTES_FILE).read_text())
+            names = read_json(folder / ATTRIBUTES_FILE)
         model = ItemLanguageModel(config, per_item, decoder=bb.load_model(folder))
         if side:
-            model.attributes.weight.data.copy_(side["attributes.weight"])
+            weight = side["attributes.weight"]
+            if weight.shape != model.attributes.weight.shape:
+                raise ValueError(
+                    f"{folder / ITEM_SIDE_FILE}: mis-shaped weight attributes.weight "
+                    f"{tuple(weight.shape)}, the config wants {tuple(model.attributes.weight.shape)}"
+                )
+            model.attributes.weight.data.copy_(weight)
         return cls(
             model,
             dataset_name=meta.get("dataset", ""),
@@ -304,6 +321,25 @@ class ItemSequenceGenerator(GeneratorBase):
             attribute_names=names,
             model_version=meta["model_version"],
         )
+
+
+SIDE_TENSORS = ("attr_index", "attr_offsets", "attributes.weight")
+
+
+def _read_item_side(path: Path) -> dict[str, torch.Tensor]:
+    """The item side's tensors, all of them, or ValueError naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (the config has item attributes)")
+    try:
+        side = load_file(str(path))
+    except SafetensorError as err:
+        raise ValueError(f"{path}: unreadable weights (truncated?): {err}") from None
+    for name in SIDE_TENSORS:
+        if name not in side:
+            raise ValueError(f"{path}: missing weight {name}; refusing to load")
+    for name in sorted(set(side) - set(SIDE_TENSORS)):
+        raise ValueError(f"{path}: unexpected weight {name}; refusing to load")
+    return side
 
 
 def _rows(index: torch.Tensor, offsets: torch.Tensor) -> list[list[int]]:

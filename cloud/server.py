@@ -15,8 +15,11 @@ per-user state, so replicas can be added behind a load balancer freely (docs/grp
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -210,7 +213,8 @@ def create_server(
         the started server and its bound port.
     Raises:
         FileNotFoundError: a TLS file is missing.
-        RuntimeError: the address could not be bound.
+        ValueError: the TLS key does not match the certificate, or a bad address.
+        BindError: the address cannot be listened on (the message says why).
     """
     config = config or ServerConfig()
     servicer = CandidateServicer(
@@ -362,17 +366,97 @@ def _tls_on(config: ServerConfig) -> bool:
     return config.tls_cert_file is not None
 
 
+class BindError(OSError):
+    """The server cannot listen where it was asked to (the message says why, in one line)."""
+
+
 def _bind(grpc_server: grpc.Server, address: str, config: ServerConfig) -> int:
+    # gRPC's own bind failure is "Failed to bind" for every cause (a taken port, an address
+    # of another machine, a key that does not match its certificate), written by the C core
+    # to stderr: find the cause first and say it.
+    check_bindable(address)
     if _tls_on(config):
-        credentials = grpc.ssl_server_credentials(
-            [(_read(config.tls_key_file), _read(config.tls_cert_file))]
-        )
-        port = grpc_server.add_secure_port(address, credentials)
+        key, cert = _read(config.tls_key_file), _read(config.tls_cert_file)
+        check_tls_pair(config.tls_cert_file, config.tls_key_file)
+        port = grpc_server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
     else:
         port = grpc_server.add_insecure_port(address)
     if not port:
-        raise RuntimeError(f"could not bind {address} (in use, or not a local address?)")
+        raise BindError(f"could not bind {address}")
     return port
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """`host:port` (IPv6 hosts in brackets) as (host, port).
+
+    Raises:
+        ValueError: no port, or a port that is not a number in 0..65535.
+    """
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{address!r} is not host:port with a port in 0..65535")
+    return host.strip("[]"), int(port_text)
+
+
+def check_bindable(address: str) -> None:
+    """Raise BindError saying why `address` cannot be listened on, if it cannot: a host that
+    does not resolve, an address that is not this machine's, a port already in use, or a
+    privileged port. Port 0 (any free port) is always bindable."""
+    host, port = split_address(address)
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)  # fmt: skip
+    except socket.gaierror as err:
+        raise BindError(
+            f"cannot listen on {address}: host {host!r} does not resolve ({err.strerror})"
+        ) from None
+    # gRPC listens on every address the host resolves to that it can bind; it fails only
+    # when none binds (localhost without IPv6 is fine).
+    errors = [_try_bind(info) for info in infos]
+    if all(errors):
+        taken = [err for err in errors if err.errno == errno.EADDRINUSE]
+        reason = _bind_reason((taken or errors)[0], host, port)
+        raise BindError(f"cannot listen on {address}: {reason}")
+
+
+def _try_bind(info: tuple) -> OSError | None:
+    family, kind, proto, _, sockaddr = info
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+        try:
+            probe.bind(sockaddr)
+        except OSError as err:
+            return err
+    return None
+
+
+def _bind_reason(err: OSError, host: str, port: int) -> str:
+    if err.errno == errno.EADDRINUSE:
+        return f"port {port} is already in use"
+    if err.errno == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this machine"
+    if err.errno == errno.EACCES:
+        return f"no permission to use port {port} (ports below 1024 need privileges)"
+    return err.strerror or str(err)
+
+
+def check_tls_pair(cert_file: str | None, key_file: str | None) -> None:
+    """Raise ValueError when the key is not the certificate's, or either is not PEM."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # A password callback that gives none: an encrypted key fails instead of prompting.
+        context.load_cert_chain(cert_file, key_file, password=lambda: b"")
+    except ssl.SSLError as err:
+        if "KEY_VALUES_MISMATCH" in str(err) or "key values mismatch" in str(err):
+            raise ValueError(
+                f"TLS key {key_file} does not match the certificate {cert_file}"
+            ) from None
+        raise ValueError(
+            f"TLS files {cert_file} and {key_file} are not a PEM certificate and its "
+            f"unencrypted key ({err.reason or err})"
+        ) from None
 
 
 def _read(path: str | None) -> bytes:
@@ -388,26 +472,34 @@ def serve(
     config: ServerConfig | None = None,
     load: Callable[[str | Path], CandidateSource] | None = None,
 ) -> int:
-    """Listen, load the model, serve until SIGTERM/SIGINT, then shut down gracefully.
+    """Check the model folder, listen, load the model, serve until SIGTERM/SIGINT, then shut
+    down gracefully.
 
     Args:
-        model_dir: a generator folder written by `CandidateGenerator.save_pretrained`.
+        model_dir: a generator folder written by `save_pretrained`.
         address: `host:port` to bind.
         config: server settings.
-        load: loads the generator (default `cloud.loading.load_generator`).
+        load: loads the generator (default: `cloud.loading.check_generator` before listening,
+            so that a folder that differs from its manifest is refused before anything is
+            served, then `load_generator`).
     Returns:
         0 after a clean shutdown.
     Raises:
         FileNotFoundError, ValueError: the model folder cannot be loaded (the server is
             stopped first).
+        BindError: the address cannot be listened on.
     """
     if load is None:
         from transformers.utils import logging as hf_logging
 
-        from cloud.loading import load_generator  # torch + transformers: only here
+        from cloud.loading import check_generator, load_generator  # torch: only here
 
         hf_logging.disable_progress_bar()  # stderr carries JSON log lines only
-        load = load_generator
+        check_generator(model_dir)
+
+        def load(folder: str | Path) -> CandidateSource:
+            return load_generator(folder, verify=False)  # verified just above
+
     server, _ = create_server(None, address, config)
     stop = threading.Event()
     restore = _install_signal_handlers(stop)

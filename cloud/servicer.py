@@ -26,6 +26,7 @@ from cloud.batching import (
     MicroBatcher,
     QueueFullError,
 )
+from cloud.logs import Throttle
 from protos.lsc4rec.v1 import candidates_pb2 as pb
 from protos.lsc4rec.v1 import candidates_pb2_grpc as pb_grpc
 from shared.candidates import CandidateList
@@ -133,20 +134,44 @@ def _micros(seconds: float) -> int:
 def run_batch(
     generator: CandidateSource, requests: list[CandidateRequest]
 ) -> list[CandidateList | Exception]:
-    """Compute a micro-batch: one generator call per distinct n (a call takes one n).
+    """Compute a micro-batch with as few generator calls as its requests allow.
+
+    A generator whose top-n is exact (`nested_top_n`: the item LM ranks the whole catalogue)
+    answers every request from one call at the largest n, each list cut to its own n: the
+    top-n is a prefix of the top-500. Others (beam search) get one call per distinct n. A
+    request whose history leaves fewer items than the largest n is computed with its own n.
 
     Returns:
         per request, its `CandidateList`, or the ValueError that rejected it alone.
     """
     out: list[CandidateList | Exception | None] = [None] * len(requests)
-    rows_by_n: dict[int, list[int]] = {}
-    for row, request in enumerate(requests):
-        rows_by_n.setdefault(request.n, []).append(row)
-    for n, rows in rows_by_n.items():
+    for n, rows in plan_calls(generator, requests).items():
         lists = _generate_rows(generator, [requests[r].history for r in rows], n)
         for row, value in zip(rows, lists):
-            out[row] = value
+            out[row] = _cut(value, requests[row].n)
     return out  # type: ignore[return-value]  # every row was filled above
+
+
+def plan_calls(
+    generator: CandidateSource, requests: list[CandidateRequest]
+) -> dict[int, list[int]]:
+    """{n of a generator call: the request rows it answers}."""
+    calls: dict[int, list[int]] = {}
+    if getattr(generator, "nested_top_n", False):
+        largest = max(request.n for request in requests)
+        for row, request in enumerate(requests):
+            room = generator.num_items - np.unique(request.history).size
+            calls.setdefault(largest if largest <= room else request.n, []).append(row)
+        return calls
+    for row, request in enumerate(requests):
+        calls.setdefault(request.n, []).append(row)
+    return calls
+
+
+def _cut(value: CandidateList | Exception, n: int) -> CandidateList | Exception:
+    if isinstance(value, Exception) or len(value) == n:
+        return value
+    return CandidateList(value.items[:n], value.scores[:n], value.model_version)
 
 
 def _generate_rows(
@@ -186,6 +211,8 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
         self.limits = limits
         self.clock = clock
         self._generator: CandidateSource | None = None
+        # Clients retry while the model loads: one log record per second, not one per call.
+        self._refused_loading = Throttle()
         self.batcher = MicroBatcher(
             self._run_batch, max_batch_size, max_wait_s, max_queue_size, clock=clock
         )
@@ -197,6 +224,7 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
     def set_generator(self, generator: CandidateSource) -> None:
         """Start answering with `generator` (until then calls get UNAVAILABLE)."""
         self._generator = generator
+        self._log_refused(self._refused_loading.take())
 
     def _run_batch(self, requests: list[CandidateRequest]) -> list[CandidateList | Exception]:
         generator = self._generator
@@ -234,8 +262,14 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
     def _require_generator(self, context) -> CandidateSource:
         generator = self._generator
         if generator is None:
-            _abort(context, grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry")
+            self._log_refused(self._refused_loading.hit())
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry")
         return generator
+
+    @staticmethod
+    def _log_refused(count: int) -> None:
+        if count:
+            logger.info("refused while loading", extra={"code": "UNAVAILABLE", "calls": count})
 
     def _parse_batch(self, request, num_items: int, context) -> list[CandidateRequest]:
         count = len(request.requests)

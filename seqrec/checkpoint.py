@@ -3,8 +3,10 @@
 A checkpoint folder holds:
     model.safetensors   the weights (shared/tied tensors stored once)
     config.json         {"model": <registry name>, "config": {...}, "format_version": 1}
+    manifest.json       the SHA-256 of both, and what wrote them (shared/manifest.py)
 
-so `load_srm(folder)` rebuilds the model from the folder alone.
+so `load_srm(folder)` rebuilds the model from the folder alone, after checking that the
+files are the ones saved, and loads the weights strictly (every tensor, of its shape).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from seqrec.models import SequentialRecommender, get_model_class
+from shared.manifest import check_model_folder, write_model_manifest
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
+MANIFEST_KIND = "srm"
 
 
 def save_srm(model: SequentialRecommender, directory: str | Path) -> Path:
@@ -43,6 +47,7 @@ def save_srm(model: SequentialRecommender, directory: str | Path) -> Path:
     save_model(model, str(directory / WEIGHTS_NAME))
     meta = {"model": model.name, "config": model.config.to_dict(), "format_version": FORMAT_VERSION}
     (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_model_manifest(directory, MANIFEST_KIND, model=model.name)
     return directory
 
 
@@ -58,8 +63,9 @@ def load_srm(
         The model in eval mode.
     Raises:
         FileNotFoundError: the folder, or one of its two files, does not exist.
-        ValueError: the config is unreadable, names an unknown model, has a bad field or
-            value, or does not fit the stored weights (the message names the file).
+        ValueError: the files differ from the manifest, the config is unreadable, names an
+            unknown model, has a bad field or value, the weights file is unreadable (truncated)
+            or does not fit the config (the message names the file).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -69,12 +75,15 @@ def load_srm(
     for path in (config_path, weights_path):
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file missing: {path}")
+    check_model_folder(directory, MANIFEST_KIND)
     model = _build_from_config(config_path, _read_meta(config_path))
     device = torch.device(map_location)
     model.to(device)
     try:
         load_model(model, str(weights_path), strict=True, device=str(device))
-    except (RuntimeError, SafetensorError) as err:
+    except SafetensorError as err:
+        raise ValueError(f"{weights_path}: unreadable weights (truncated?): {err}") from None
+    except RuntimeError as err:
         raise ValueError(f"weights in {weights_path} do not fit {config_path}: {err}") from None
     return model.eval()
 

@@ -2,16 +2,22 @@
 
     write_manifest(folder, kind="device-bundle", version=1, extra={...})
     manifest = verify_manifest(folder, kind="device-bundle", versions=(1,))
+    manifest = check_model_folder(folder, kind="srm")   # None (with a warning) before manifests
 
 `verify_manifest` refuses a folder whose manifest is missing or not JSON, of another kind or
 format version, or whose files differ from the listed ones (missing, extra, or changed): each
 as a `ManifestError` whose message is one line naming the folder and the file.
+
+Model folders (a generator, an SRM) get a manifest too. A model folder written before
+manifests existed still loads, with one warning, and then rests on the loader's own strict
+checks alone (every tensor present and of its shape).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import platform
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -19,7 +25,12 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST_NAME = "manifest.json"
+MODEL_FOLDER_VERSION = 1  # format of a model folder's manifest
+# Files a trainer writes beside a model after saving it; no loader reads them.
+UNREAD_FILES = frozenset({"training_log.json"})
 _CHUNK = 1 << 20
+
+logger = logging.getLogger("lsc4rec.manifest")
 
 
 class ManifestError(ValueError):
@@ -44,9 +55,14 @@ def _listed_files(folder: Path) -> list[str]:
 
 
 def write_manifest(
-    folder: str | Path, kind: str, version: int, extra: dict[str, Any] | None = None
+    folder: str | Path,
+    kind: str,
+    version: int,
+    extra: dict[str, Any] | None = None,
+    unread: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """Hash every file of `folder` and write its `manifest.json`; returns the manifest."""
+    """Hash every file of `folder` (but those named in `unread`) and write its
+    `manifest.json`; returns the manifest."""
     from importlib import metadata
 
     folder = Path(folder)
@@ -61,7 +77,9 @@ def write_manifest(
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         **(extra or {}),
-        "files": {name: file_sha256(folder / name) for name in _listed_files(folder)},
+        "files": {
+            name: file_sha256(folder / name) for name in _listed_files(folder) if name not in unread
+        },
     }
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -85,8 +103,15 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_manifest(folder: str | Path, kind: str, versions: Iterable[int]) -> dict[str, Any]:
+def verify_manifest(
+    folder: str | Path,
+    kind: str,
+    versions: Iterable[int],
+    unread: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
     """The manifest of `folder`, after checking its kind, format version and every file.
+
+    `unread` names files that may be present without being listed (nothing loads them).
 
     Raises:
         ManifestError: the first thing that does not match, in one line.
@@ -107,12 +132,36 @@ def verify_manifest(folder: str | Path, kind: str, versions: Iterable[int]) -> d
     for name in sorted(listed):
         if name not in found:
             raise ManifestError(f"{folder}: {name} is missing")
-    for name in sorted(found - set(listed)):
+    for name in sorted(found - set(listed) - unread):
         raise ManifestError(f"{folder}: {name} is not in the manifest")
     for name, expected in sorted(listed.items()):
         if file_sha256(folder / name) != expected:
             raise ManifestError(f"{folder}: {name} does not match its SHA-256 in the manifest")
     return manifest
+
+
+def write_model_manifest(folder: str | Path, kind: str, **extra: Any) -> dict[str, Any]:
+    """The manifest of a model folder (`kind` "generator" or "srm"), written last by `save`."""
+    return write_manifest(folder, kind, MODEL_FOLDER_VERSION, extra, unread=UNREAD_FILES)
+
+
+def check_model_folder(folder: str | Path, kind: str) -> dict[str, Any] | None:
+    """Verify a model folder against its manifest before anything in it is read.
+
+    Returns:
+        the manifest, or None for a folder written before manifests (logged once as a
+        warning: it loads, checked only by the loader's strict tensor checks).
+    Raises:
+        ManifestError: a manifest that does not match the folder (one line, naming the file).
+    """
+    if not (Path(folder) / MANIFEST_NAME).exists():
+        logger.warning(
+            "%s: no %s (written before manifests); loading it without the integrity check",
+            folder,
+            MANIFEST_NAME,
+        )
+        return None
+    return verify_manifest(folder, kind, (MODEL_FOLDER_VERSION,), unread=UNREAD_FILES)
 
 
 def catalogue_digest(item_ids: Iterable[Any]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -63,3 +65,22 @@ def tiny_ttt4rec():
 def served_generator() -> ItemSequenceGenerator:
     """The tiny generator the gRPC server and client tests serve (one per test session)."""
     return build_tiny_generator()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Undo what a test's `configure_json_logging` (the serve CLI run in process, say) did to
+    the global loggers: a handler left on a test's closed capture stream would break the
+    logging of every later test."""
+    names = ("lsc4rec", "py.warnings")
+    saved = {
+        name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate,
+               logging.getLogger(name).level)
+        for name in names
+    }  # fmt: skip
+    yield
+    for name, (handlers, propagate, level) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:], logger.propagate = handlers, propagate
+        logger.setLevel(level)
+    logging.captureWarnings(False)

@@ -101,7 +101,7 @@ def test_candidates_bad_input_exits_2(model_dir, capsys, history, n, message):
 
 def test_missing_model_folder_exits_2(tmp_path, capsys):
     assert main(["candidates", "--model", str(tmp_path / "none"), "--history", "1"]) == 2
-    assert "not a generator folder" in capsys.readouterr().err
+    assert "model folder not found" in capsys.readouterr().err
 
 
 def test_bad_train_options_exit_2(tmp_path, capsys):

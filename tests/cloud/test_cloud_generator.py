@@ -109,5 +109,8 @@ def test_repeated_history_items_count_once(create_generator):
 
 
 def test_from_pretrained_missing_folder_raises(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a generator folder"):
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
         CandidateGenerator.from_pretrained(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a generator folder"):
+        CandidateGenerator.from_pretrained(tmp_path / "empty")

@@ -10,6 +10,7 @@ import torch
 
 from cloud.item_lm import ItemLMConfig, ItemSequenceGenerator, attribute_vocabulary
 from cloud.loading import load_generator
+from shared.manifest import MANIFEST_NAME
 from cloud.training import item_lm_train_config, train_item_lm
 from shared.datasets.files import read_atomic_attributes
 
@@ -111,6 +112,7 @@ def test_unknown_kind_is_refused(generator, tmp_path):
     meta_path = tmp_path / "gen" / "generator.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "kind": "diffusion"}))
+    (tmp_path / "gen" / MANIFEST_NAME).unlink()  # past the manifest, to the kind check
     with pytest.raises(ValueError, match="unknown generator kind 'diffusion'"):
         load_generator(tmp_path / "gen")
 

@@ -9,6 +9,7 @@ import torch
 
 from seqrec.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_srm, save_srm
 from seqrec.models import MODEL_REGISTRY, build_model
+from shared.manifest import MANIFEST_NAME, ManifestError
 
 HISTORY = torch.tensor([[3, 7, 1, 0, 0], [5, 0, 0, 0, 0], [2, 9, 4, 11, 6]])
 
@@ -46,8 +47,37 @@ def test_config_json_names_the_model(tmp_path):
 
 @pytest.fixture
 def saved(tmp_path):
+    """A saved SRM without its manifest (as written before manifests), so that each test
+    below reaches the loader's own checks instead of the manifest's hash check."""
     save_srm(small_model("sasrec"), tmp_path)
+    (tmp_path / MANIFEST_NAME).unlink()
     return tmp_path
+
+
+def test_save_writes_a_manifest_and_a_changed_file_is_refused(tmp_path):
+    save_srm(small_model("sasrec"), tmp_path)
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    assert manifest["kind"] == "srm" and manifest["model"] == "sasrec"
+    assert sorted(manifest["files"]) == [CONFIG_NAME, WEIGHTS_NAME]
+    (tmp_path / "training_log.json").write_text("{}")  # train-srm writes it after saving
+    load_srm(tmp_path)
+    rewrite_config(tmp_path, lambda meta: meta["config"].update(dropout=0.3))
+    with pytest.raises(ManifestError, match="config.json does not match its SHA-256"):
+        load_srm(tmp_path)
+
+
+def test_a_folder_from_before_manifests_loads_with_one_warning(saved, capfd):
+    capfd.readouterr()
+    assert load_srm(saved).name == "sasrec"
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "written before manifests" in err[0]
+
+
+def test_truncated_weights_are_unreadable(saved):
+    data = (saved / WEIGHTS_NAME).read_bytes()
+    (saved / WEIGHTS_NAME).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"model\.safetensors: unreadable weights"):
+        load_srm(saved)
 
 
 def rewrite_config(folder, edit) -> None:

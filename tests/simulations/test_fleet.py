@@ -304,6 +304,28 @@ def test_cli_reports_failures_by_status_and_fails_when_no_request_succeeds(
     assert np.isfinite(ranks).any()  # the devices showed their SRM's ranking, not nothing
 
 
+def test_tokens_from_the_environment_are_stripped_and_may_start_with_a_dash(
+    cli_models, tmp_path, capsys, monkeypatch
+):
+    """A token with a trailing newline in LSC4REC_TOKEN, and a token starting with "-" given
+    as `--token TOKEN`: the devices reach the in-process server, which wants that token."""
+    base = ["devices", "--llm", str(cli_models / "llm"), "--srm", str(cli_models / "srm")]
+    base += ["--dataset", "synthetic", "--synthetic-users", "12", "--users", "2", "--workers", "1"]
+    base += ["--backend", "thread", "--policy", "always", "-n", str(N), "--deadline-ms", "2000"]
+    base += ["--out", str(tmp_path)]
+    monkeypatch.setenv("LSC4REC_TOKEN", "s3cret\n")
+    assert cli_main(base) == 0
+    payload = json.loads((tmp_path / "fleet.json").read_text())
+    assert payload["requests"] and all(r["ok"] for r in payload["requests"])
+    monkeypatch.setenv("LSC4REC_TOKEN", " \n")
+    assert cli_main(base) == 2
+    assert "LSC4REC_TOKEN is set but empty" in capsys.readouterr().err
+    monkeypatch.delenv("LSC4REC_TOKEN")
+    assert cli_main([*base, "--token", "-Xk9_token"]) == 0
+    payload = json.loads((tmp_path / "fleet.json").read_text())
+    assert payload["requests"] and all(r["ok"] for r in payload["requests"])
+
+
 def test_devices_token_option_warns_that_it_is_visible(capsys):
     from argparse import Namespace
 
@@ -325,3 +347,48 @@ def test_cli_errors_are_one_line(cli_models, capsys, monkeypatch):
     assert "bad policy spec 'often'" in capsys.readouterr().err
     assert cli_main([*base, "--server", "127.0.0.1:1", "--fault", "3:1"]) == 2
     assert "--fault needs --llm" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["devices", "--users", "2", "--backend", "thread", "--policy", "always"],
+        ["experiment", "request-rate", "--out", "{tmp}/rr"],
+        [
+            "train-srm",
+            "--model",
+            "ttt4rec",
+            "--init",
+            "{srm}",
+            "--out",
+            "{tmp}/srm2",
+            "--epochs",
+            "1",
+        ],
+    ],
+    ids=["devices", "experiment", "train-srm"],
+)
+@pytest.mark.parametrize("tampered", ["llm", "srm"])
+def test_a_tampered_model_folder_stops_each_command_in_one_line(
+    cli_models, tmp_path, capsys, command, tampered
+):
+    """A model folder whose files differ from its manifest: one line naming the file, exit 2,
+    for every command that loads models."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(cli_models, models)
+    changed = "generator.json" if tampered == "llm" else "config.json"
+    with (models / tampered / changed).open("a") as stream:
+        stream.write(" ")
+    argv = [part.format(tmp=tmp_path, srm=models / "srm") for part in command]
+    if command[0] != "train-srm":
+        argv += ["--llm", str(models / "llm"), "--srm", str(models / "srm")]
+    elif tampered == "llm":
+        argv[argv.index("--init") + 1] = str(cli_models / "srm")  # the SRM is fine here
+        argv += ["--collaborative", "--llm", str(models / "llm")]
+    argv += ["--dataset", "synthetic", "--synthetic-users", "12"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"{tampered}: {changed} does not match its SHA-256 in the manifest" in err[0]
