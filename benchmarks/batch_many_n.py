@@ -101,7 +101,9 @@ def run(args: argparse.Namespace) -> dict:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = pb_grpc.CandidateServiceStub(channel)
                 batch = pb.GetCandidatesBatchRequest(
-                    requests=[pb.GetCandidatesRequest(history=h, n=n) for h, n in zip(histories, counts)]
+                    requests=[
+                        pb.GetCandidatesRequest(history=h, n=n) for h, n in zip(histories, counts)
+                    ]
                 )
                 time_batch(stub, batch, small)  # warm-up
                 timings = [time_batch(stub, batch, small) for _ in range(args.repeats)]

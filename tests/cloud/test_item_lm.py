@@ -10,9 +10,9 @@ import torch
 
 from cloud.item_lm import ItemLMConfig, ItemSequenceGenerator, attribute_vocabulary
 from cloud.loading import load_generator
-from shared.manifest import MANIFEST_NAME
 from cloud.training import item_lm_train_config, train_item_lm
 from shared.datasets.files import read_atomic_attributes
+from shared.manifest import MANIFEST_NAME
 
 
 def _attributes(num_items: int) -> list[tuple[str, ...]]:
