@@ -47,8 +47,8 @@ class PerNGenerator:
         self.num_items = inner.num_items
         self.model_version = inner.model_version
 
-    def generate(self, histories, n=50):
-        return self.inner.generate(histories, n=n)
+    def generate(self, histories, n=50, exclude=None):
+        return self.inner.generate(histories, n=n, exclude=exclude)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -34,6 +34,9 @@ def add_parser(subparsers) -> None:
     limits.add_argument("--default-n", type=int, default=50, help="candidates when n = 0")
     limits.add_argument("--max-n", type=int, default=500, help="most candidates per request")
     limits.add_argument("--max-history", type=int, default=1000, help="longest history accepted")
+    limits.add_argument(
+        "--max-exclude", type=int, default=10_000, help="most item ids excluded beyond the history"
+    )
     security = parser.add_argument_group("security")
     security.add_argument(
         "--auth-token-file",
@@ -78,6 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
         default_n=args.default_n,
         max_n=args.max_n,
         max_history_items=args.max_history,
+        max_exclude_items=args.max_exclude,
         max_batch_requests=min(256, args.max_queue_size),
         auth_token=read_token(args.auth_token_file),
         tls_cert_file=args.tls_cert,

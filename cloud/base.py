@@ -48,7 +48,11 @@ class GeneratorBase:
         return self._model_version
 
     def generate(
-        self, histories: Sequence[Sequence[int]], n: int = 50, batch_size: int = 32
+        self,
+        histories: Sequence[Sequence[int]],
+        n: int = 50,
+        batch_size: int = 32,
+        exclude: Sequence[Sequence[int]] | None = None,
     ) -> list[CandidateList]:
         """Candidate lists for a batch of requests.
 
@@ -57,23 +61,31 @@ class GeneratorBase:
                 recent ones; none of the history's items are returned).
             n: candidates per request.
             batch_size: requests computed together (bounds memory).
+            exclude: per request, more item ids never to return (the user's older clicks,
+                which the model does not read); None = the histories alone.
         Returns:
-            per request, a `CandidateList` of n distinct valid items outside the history,
-            best first, scored by the model's log-probability of each as the next item.
+            per request, a `CandidateList` of n distinct valid items outside the history and
+            the exclusion, best first, scored by the model's log-probability of each as the
+            next item.
         Raises:
             ValueError: no histories, an empty history, an unknown item id, n < 1, or n larger
-                than the catalogue minus the history.
+                than the catalogue minus the history and the exclusion.
         """
         checked = self.check_request(histories, n)
+        masked = self.masked_items(checked, exclude, n)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         out: list[CandidateList] = []
         for start in range(0, len(checked), batch_size):
-            out.extend(self._generate_batch(checked[start : start + batch_size], n))
+            end = start + batch_size
+            out.extend(self._generate_batch(checked[start:end], n, masked[start:end]))
         return out
 
-    def _generate_batch(self, histories: list[np.ndarray], n: int) -> list[CandidateList]:
-        """One batch of checked histories -> its lists (the kind's own decoding)."""
+    def _generate_batch(
+        self, histories: list[np.ndarray], n: int, masked: list[np.ndarray]
+    ) -> list[CandidateList]:
+        """One batch of checked histories -> its lists (the kind's own decoding); `masked`
+        holds, per history, the distinct items never to return (history and exclusion)."""
         raise NotImplementedError
 
     def title(self, item: int) -> str:
@@ -109,6 +121,33 @@ class GeneratorBase:
                 f"(catalogue {self.num_items})"
             )
         return items
+
+    def masked_items(
+        self, histories: list[np.ndarray], exclude: Sequence[Sequence[int]] | None, n: int
+    ) -> list[np.ndarray]:
+        """Per request, the distinct items never to return: its history and its exclusion.
+
+        Raises:
+            ValueError: an exclusion per request that is missing, has an unknown id, or leaves
+                fewer than n items.
+        """
+        if exclude is None:
+            return [np.unique(h) for h in histories]
+        if len(exclude) != len(histories):
+            raise ValueError(f"got {len(exclude)} exclusions for {len(histories)} histories")
+        masked = []
+        for row, (history, extra) in enumerate(zip(histories, exclude)):
+            extra = np.asarray(extra, dtype=np.int64)
+            if extra.size:
+                extra = self._item_ids(extra, f"exclusion {row}")
+            items = np.union1d(history, extra)
+            if n > self.num_items - items.size:
+                raise ValueError(
+                    f"n={n} is larger than the {self.num_items - items.size} items outside "
+                    f"history and exclusion {row} (catalogue {self.num_items})"
+                )
+            masked.append(items)
+        return masked
 
     def _item_ids(self, values: Sequence[int], what: str) -> np.ndarray:
         """`values` as int64 item ids; raises ValueError if empty, non-integer or unknown."""

@@ -146,9 +146,12 @@ class CandidateGenerator(GeneratorBase):
     # ----------------------------------------------------------------- generation
 
     @torch.inference_mode()
-    def _generate_batch(self, histories: list[np.ndarray], n: int) -> list[CandidateList]:
+    def _generate_batch(
+        self, histories: list[np.ndarray], n: int, masked: list[np.ndarray]
+    ) -> list[CandidateList]:
         self.model.eval()
-        result = self._search(self.prompt_ids(histories), self.trie.allowed_counts(histories), n)
+        # The prompt shows the history; the trie masks the history and the exclusion.
+        result = self._search(self.prompt_ids(histories), self.trie.allowed_counts(masked), n)
         version = self.model_version
         return [
             CandidateList(items=result.items[row], scores=result.scores[row], model_version=version)

@@ -251,12 +251,14 @@ class ItemSequenceGenerator(GeneratorBase):
         return self._model_version
 
     @torch.inference_mode()
-    def _generate_batch(self, histories: list[np.ndarray], n: int) -> list[CandidateList]:
+    def _generate_batch(
+        self, histories: list[np.ndarray], n: int, masked: list[np.ndarray]
+    ) -> list[CandidateList]:
         self.model.eval()
         padded = torch.from_numpy(pad_histories(histories, self.config.max_len))  # [B, L]
         log_probs = torch.log_softmax(self.model.score_all(padded)[:, 1:], dim=-1)  # [B, N-1]
-        for row, history in enumerate(histories):
-            log_probs[row, torch.from_numpy(history - 1)] = float("-inf")  # whole history
+        for row, items in enumerate(masked):
+            log_probs[row, torch.from_numpy(items - 1)] = float("-inf")  # history + exclusion
         scores, index = torch.topk(log_probs, n, dim=-1)  # exact top-N, sorted
         version = self.model_version
         return [

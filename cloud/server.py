@@ -55,6 +55,7 @@ class ServerConfig:
     default_n: int = 50  # candidates when a request says n = 0 (docs/design.md §1: N = 50)
     max_n: int = 500  # beam search cost grows with n; bounds one request's compute
     max_history_items: int = 1000  # the model reads only the last few; longer is a client bug
+    max_exclude_items: int = 10_000  # ids excluded beyond the history (a user's older clicks)
     max_batch_requests: int = 256  # most requests in one GetCandidatesBatch call
     max_message_bytes: int = 4 * 1024 * 1024  # gRPC's usual 4 MiB; a full batch call fits
     auth_token: str | None = field(default=None, repr=False)  # bearer token; None = auth off
@@ -70,6 +71,7 @@ class ServerConfig:
         for name in ("max_batch_size", "max_queue_size", "default_n", "max_n"):
             _require(getattr(self, name) >= 1, name, "must be >= 1")
         _require(self.max_history_items >= 1, "max_history_items", "must be >= 1")
+        _require(self.max_exclude_items >= 0, "max_exclude_items", "must be >= 0")
         _require(self.max_batch_requests >= 1, "max_batch_requests", "must be >= 1")
         _require(self.max_wait_ms >= 0, "max_wait_ms", "must be >= 0")
         _require(self.default_n <= self.max_n, "default_n", f"must be <= max_n ({self.max_n})")
@@ -92,6 +94,7 @@ class ServerConfig:
             default_n=self.default_n,
             max_n=self.max_n,
             max_history_items=self.max_history_items,
+            max_exclude_items=self.max_exclude_items,
             max_batch_requests=self.max_batch_requests,
         )
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn, Protocol
 
 import grpc
@@ -42,8 +42,14 @@ class CandidateSource(Protocol):
     num_items: int
     model_version: str
 
-    def generate(self, histories: Sequence[Sequence[int]], n: int = 50) -> list[CandidateList]:
-        """One list per history; raises ValueError on a bad request."""
+    def generate(
+        self,
+        histories: Sequence[Sequence[int]],
+        n: int = 50,
+        exclude: Sequence[Sequence[int]] | None = None,
+    ) -> list[CandidateList]:
+        """One list per history, none of its items in the history or its exclusion; raises
+        ValueError on a bad request."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class RequestLimits:
     default_n: int = 50  # used when a request says n = 0
     max_n: int = 500  # most candidates per request
     max_history_items: int = 1000  # longest history accepted
+    max_exclude_items: int = 10_000  # longest exclusion accepted (ids beyond the history)
     max_batch_requests: int = 256  # most requests in one GetCandidatesBatch call
     max_request_id_chars: int = 128  # request ids are logged: keep log lines bounded
 
@@ -65,11 +72,17 @@ class CandidateRequest:
         history: `[L]` int64 item ids, oldest first.
         n: candidates wanted.
         request_id: the caller's id, echoed back.
+        exclude: int64 item ids never to return beyond the history (may be empty).
     """
 
     history: np.ndarray
     n: int
     request_id: str
+    exclude: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def masked_count(self) -> int:
+        """Distinct items the request rules out (history and exclusion)."""
+        return int(np.union1d(self.history, self.exclude).size)
 
 
 def parse_request(
@@ -97,16 +110,25 @@ def parse_request(
     bad = history[(history < 1) | (history > num_items)]
     if bad.size:
         raise ValueError(f"unknown item id {int(bad[0])} (ids are 1..{num_items})")
+    exclude = np.array(message.exclude, dtype=np.int64)
+    if exclude.size > limits.max_exclude_items:
+        raise ValueError(
+            f"exclude has {exclude.size} items; the limit is {limits.max_exclude_items}"
+        )
+    bad = exclude[(exclude < 1) | (exclude > num_items)]
+    if bad.size:
+        raise ValueError(f"exclude: unknown item id {int(bad[0])} (ids are 1..{num_items})")
     n = message.n or limits.default_n
     if not 1 <= n <= limits.max_n:
         raise ValueError(f"n must be in 1..{limits.max_n} (0 = {limits.default_n}), got {n}")
-    available = num_items - np.unique(history).size
+    request = CandidateRequest(history, n, message.request_id, exclude)
+    available = num_items - request.masked_count()
     if n > available:
         raise ValueError(
-            f"n={n} exceeds the {available} catalogue items outside the history "
-            f"(catalogue {num_items})"
+            f"n={n} exceeds the {available} catalogue items outside the history and the "
+            f"exclusion (catalogue {num_items})"
         )
-    return CandidateRequest(history=history, n=n, request_id=message.request_id)
+    return request
 
 
 def build_response(
@@ -146,7 +168,7 @@ def run_batch(
     """
     out: list[CandidateList | Exception | None] = [None] * len(requests)
     for n, rows in plan_calls(generator, requests).items():
-        lists = _generate_rows(generator, [requests[r].history for r in rows], n)
+        lists = _generate_rows(generator, [requests[r] for r in rows], n)
         for row, value in zip(rows, lists):
             out[row] = _cut(value, requests[row].n)
     return out  # type: ignore[return-value]  # every row was filled above
@@ -160,7 +182,7 @@ def plan_calls(
     if getattr(generator, "nested_top_n", False):
         largest = max(request.n for request in requests)
         for row, request in enumerate(requests):
-            room = generator.num_items - np.unique(request.history).size
+            room = generator.num_items - request.masked_count()
             calls.setdefault(largest if largest <= room else request.n, []).append(row)
         return calls
     for row, request in enumerate(requests):
@@ -175,18 +197,22 @@ def _cut(value: CandidateList | Exception, n: int) -> CandidateList | Exception:
 
 
 def _generate_rows(
-    generator: CandidateSource, histories: list[np.ndarray], n: int
+    generator: CandidateSource, requests: list[CandidateRequest], n: int
 ) -> list[CandidateList | Exception]:
     try:
-        return list(generator.generate(histories, n=n))
+        return list(
+            generator.generate(
+                [r.history for r in requests], n=n, exclude=[r.exclude for r in requests]
+            )
+        )
     except ValueError:
         # One request the generator rejects must not fail its batch-mates: retry one by one.
-        return [_generate_one(generator, history, n) for history in histories]
+        return [_generate_one(generator, request, n) for request in requests]
 
 
-def _generate_one(generator: CandidateSource, history: np.ndarray, n: int):
+def _generate_one(generator: CandidateSource, request: CandidateRequest, n: int):
     try:
-        return generator.generate([history], n=n)[0]
+        return generator.generate([request.history], n=n, exclude=[request.exclude])[0]
     except ValueError as err:
         return err
 

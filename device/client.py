@@ -1,7 +1,7 @@
 """The device's gRPC client for fresh candidate lists; failures come back as values.
 
     client = CandidateClient(ClientConfig(target="dns:///cloud.example.org:50051"))
-    result = client.fetch(history[-50:], n=50)
+    result = client.fetch(history[-50:], n=50, exclude=history[:-50])
     if result.ok:
         cached = result.candidates          # a CandidateList
     # else: keep reranking the cached list; result.status says why (UNAVAILABLE, ...)
@@ -236,7 +236,12 @@ class CandidateClient:
         self.close()
 
     def fetch(
-        self, history: Sequence[int], n: int = 0, user_id: str = "", request_id: str = ""
+        self,
+        history: Sequence[int],
+        n: int = 0,
+        user_id: str = "",
+        request_id: str = "",
+        exclude: Sequence[int] = (),
     ) -> FetchResult:
         """A fresh candidate list for `history`; never raises for server or network failures.
 
@@ -245,11 +250,17 @@ class CandidateClient:
             n: candidates wanted (0 = the server's default, 50).
             user_id: passed along for the caller's bookkeeping; the server keeps nothing.
             request_id: echoed by the server and written to its logs.
+            exclude: the user's other consumed items (older than `history`): the list holds
+                none of them, so all n candidates are items the user has not consumed.
         Returns:
             a `FetchResult`; when not ok, keep using the cached list.
         """
         request = pb.GetCandidatesRequest(
-            user_id=user_id, history=_ids(history), n=n, request_id=request_id
+            user_id=user_id,
+            history=_ids(history),
+            n=n,
+            request_id=request_id,
+            exclude=_ids(exclude),
         )
         started = self._clock()
         response, status, attempts, message = self._call(self._stub.GetCandidates, request)
@@ -268,17 +279,27 @@ class CandidateClient:
         )
         return FetchResult(True, candidates, status, attempts, latency, "", timing)
 
-    def fetch_batch(self, histories: Sequence[Sequence[int]], n: int = 0) -> BatchFetchResult:
+    def fetch_batch(
+        self,
+        histories: Sequence[Sequence[int]],
+        n: int = 0,
+        exclude: Sequence[Sequence[int]] | None = None,
+    ) -> BatchFetchResult:
         """Candidate lists for many histories in one call (experiments, replays).
 
         Args:
             histories: one history per request.
             n: candidates per request (0 = the server's default).
+            exclude: per request, the items to exclude beyond its history (None = none).
         Returns:
             a `BatchFetchResult` with the lists in request order when ok.
         """
+        extra = [()] * len(histories) if exclude is None else exclude
         request = pb.GetCandidatesBatchRequest(
-            requests=[pb.GetCandidatesRequest(history=_ids(h), n=n) for h in histories]
+            requests=[
+                pb.GetCandidatesRequest(history=_ids(h), n=n, exclude=_ids(e))
+                for h, e in zip(histories, extra, strict=True)
+            ]
         )
         started = self._clock()
         response, status, attempts, message = self._call(self._stub.GetCandidatesBatch, request)

@@ -2,7 +2,11 @@
 
 Every fusion maps a batch of candidate lists to fused scores (higher = shown earlier):
 
-    fused = fusion(llm_scores [U, N], srm_logits [U, N], valid [U, N]) -> [U, N]
+    fused = fusion(llm_scores [U, N], srm_logits [U, N], valid [U, N], age [U]) -> [U, N]
+
+`age` is each list's age: the clicks since it was made (0 on the step it arrives; None = 0).
+A list goes stale as the user clicks on, so a fusion may trust the SRM more as it ages
+(`AgeAlphaFusion`); the others ignore it.
 
 `valid` marks the slots that may be shown: not padding (id 0) and not already in the user's
 history (a clicked item is never recommended again). Invalid slots get `-inf`. Ranks are
@@ -33,6 +37,9 @@ from shared import registry
 from shared.candidates import CandidateList
 
 _BIG = 1e30  # stands in for ±inf / NaN logits so that sort keys stay finite
+# First list age of each bucket of `AgeAlphaFusion`: 0, 1, 2–3, 4–6, 7+ clicks since the list
+# was made (finer where lists are fresh, where most states of a low-rate device are not).
+AGE_BUCKETS = (0, 1, 2, 4, 7)
 
 
 def as_batch(values: Any, dtype: type = np.float64) -> np.ndarray:
@@ -106,12 +113,24 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
+def as_ages(age: Any, rows: int) -> np.ndarray:
+    """`[rows]` int64 list ages from None (all 0), a number, or one age per row."""
+    ages = np.zeros(rows, dtype=np.int64) if age is None else np.asarray(age, dtype=np.int64)
+    ages = np.broadcast_to(ages, (rows,)) if ages.ndim == 0 else ages
+    if ages.shape != (rows,):
+        raise ValueError(f"expected {rows} list ages, got shape {ages.shape}")
+    return ages
+
+
 class Fusion:
-    """Base of the fusions: `__call__(llm_scores, srm_logits, valid) -> [U, N]` fused scores."""
+    """Base of the fusions: `__call__(llm_scores, srm_logits, valid, age) -> [U, N]` fused
+    scores."""
 
     name: ClassVar[str] = ""
 
-    def __call__(self, llm_scores: Any, srm_logits: Any, valid: np.ndarray) -> np.ndarray:
+    def __call__(
+        self, llm_scores: Any, srm_logits: Any, valid: np.ndarray, age: Any = None
+    ) -> np.ndarray:
         llm = as_batch(llm_scores)
         srm = as_batch(srm_logits)
         valid = as_batch(valid, bool)
@@ -120,11 +139,13 @@ class Fusion:
                 f"llm_scores {llm.shape}, srm_logits {srm.shape} and valid {valid.shape} "
                 "must have the same shape"
             )
-        fused = self.fuse(llm, srm, valid)  # [U, N]
+        fused = self.fuse(llm, srm, valid, as_ages(age, len(llm)))  # [U, N]
         return np.where(valid, fused, -np.inf)
 
-    def fuse(self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """Fused scores of every slot (invalid slots are masked by the caller)."""
+    def fuse(
+        self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray, age: np.ndarray
+    ) -> np.ndarray:
+        """Fused scores of every slot (invalid slots are masked by the caller); `age` `[U]`."""
         raise NotImplementedError
 
 
@@ -143,10 +164,63 @@ class RankSigmoidFusion(Fusion):
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
 
-    def fuse(self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def fuse(
+        self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray, age: np.ndarray
+    ) -> np.ndarray:
         r_llm, n = llm_ranks(valid)
         rank_term = 1.0 - r_llm / np.maximum(n, 1)[:, None]  # [U, N]
         return self.alpha * rank_term + (1.0 - self.alpha) * sigmoid(srm)
+
+
+@dataclass(frozen=True)
+class AgeAlphaFusion(Fusion):
+    """LSC4Rec's fusion with one α per list age: `α(a)·(1 − j/N) + (1 − α(a))·σ(s)`.
+
+    `a` is the list's age (clicks since it was made). Ages fall into buckets that start at
+    `ages` (the last bucket is open-ended); bucket `b` uses `alphas[b]`. A fresh list is the
+    LLM's best guess; an old one misses the clicks since, which the SRM has seen, so the α
+    chosen on validation typically falls with age. Equal alphas are LSC4Rec's fusion.
+    """
+
+    name: ClassVar[str] = "age_lsc4rec"
+    alphas: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5, 0.5)  # weight of the LLM rank per bucket
+    ages: tuple[int, ...] = AGE_BUCKETS  # first age of each bucket, increasing, from 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        object.__setattr__(self, "ages", tuple(int(a) for a in self.ages))
+        if len(self.alphas) != len(self.ages) or not self.ages:
+            raise ValueError(f"need one alpha per age bucket: {self.alphas} for {self.ages}")
+        if self.ages[0] != 0 or any(b <= a for a, b in zip(self.ages, self.ages[1:])):
+            raise ValueError(f"age buckets must start at 0 and increase, got {self.ages}")
+        if not all(0.0 <= a <= 1.0 for a in self.alphas):
+            raise ValueError(f"alphas must be in [0, 1], got {self.alphas}")
+
+    def alpha_of(self, age: np.ndarray) -> np.ndarray:
+        """α for each list age `[U]`."""
+        bucket = np.searchsorted(self.ages, np.maximum(age, 0), side="right") - 1
+        return np.asarray(self.alphas)[bucket]
+
+    def fuse(
+        self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray, age: np.ndarray
+    ) -> np.ndarray:
+        r_llm, n = llm_ranks(valid)
+        rank_term = 1.0 - r_llm / np.maximum(n, 1)[:, None]  # [U, N]
+        alpha = self.alpha_of(age)[:, None]  # [U, 1]
+        return alpha * rank_term + (1.0 - alpha) * sigmoid(srm)
+
+
+def age_bucket_labels(ages: Sequence[int]) -> list[str]:
+    """ "0", "1", "2–3", "7+": the ages each bucket covers."""
+    labels = []
+    for start, end in zip(ages, [*ages[1:], None]):
+        if end is None:
+            labels.append(f"{start}+")
+        elif end == start + 1:
+            labels.append(str(start))
+        else:
+            labels.append(f"{start}–{end - 1}")
+    return labels
 
 
 @dataclass(frozen=True)
@@ -172,7 +246,9 @@ class ScoreBlendFusion(Fusion):
         if self.temperature <= 0.0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
-    def fuse(self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def fuse(
+        self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray, age: np.ndarray
+    ) -> np.ndarray:
         if self.normalize == "minmax":
             llm_term = _minmax(llm, valid)
         else:
@@ -212,7 +288,9 @@ class ReciprocalRankFusion(Fusion):
         if self.k < 0.0:
             raise ValueError(f"k must be >= 0, got {self.k}")
 
-    def fuse(self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def fuse(
+        self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray, age: np.ndarray
+    ) -> np.ndarray:
         r_llm, r_srm, _ = list_ranks(srm, valid)
         return 1.0 / (self.k + r_llm + 1.0) + 1.0 / (self.k + r_srm + 1.0)
 
@@ -223,7 +301,9 @@ class LLMOnlyFusion(Fusion):
 
     name: ClassVar[str] = "llm_only"
 
-    def fuse(self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def fuse(
+        self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray, age: np.ndarray
+    ) -> np.ndarray:
         r_llm, n = llm_ranks(valid)
         return 1.0 - r_llm / np.maximum(n, 1)[:, None]
 
@@ -234,12 +314,15 @@ class SRMOnlyFusion(Fusion):
 
     name: ClassVar[str] = "srm_only"
 
-    def fuse(self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def fuse(
+        self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray, age: np.ndarray
+    ) -> np.ndarray:
         return sigmoid(srm)
 
 
 FUSIONS: dict[str, type[Fusion]] = {
     RankSigmoidFusion.name: RankSigmoidFusion,
+    AgeAlphaFusion.name: AgeAlphaFusion,
     ScoreBlendFusion.name: ScoreBlendFusion,
     ReciprocalRankFusion.name: ReciprocalRankFusion,
     LLMOnlyFusion.name: LLMOnlyFusion,
@@ -269,6 +352,7 @@ def rerank_batch(
     valid: np.ndarray,
     fusion: Fusion,
     k: int | None = None,
+    age: Any = None,
 ) -> np.ndarray:
     """Final item orders of a batch of lists: `[U, k]` ids, best first, 0 where a row runs out.
 
@@ -279,9 +363,10 @@ def rerank_batch(
         valid: `[U, N]` bool, slots that may be shown (see `valid_mask`).
         fusion: how to merge the two.
         k: how many to return (default: all `N`).
+        age: `[U]` clicks since each list was made (None = 0).
     """
     items = as_batch(items, np.int64)
-    fused = fusion(llm_scores, srm_logits, valid)  # [U, N]
+    fused = fusion(llm_scores, srm_logits, valid, age)  # [U, N]
     order = rank_order(fused)[:, : items.shape[1] if k is None else k]  # [U, k]
     ranked = np.take_along_axis(items, order, axis=1)
     shown = np.take_along_axis(np.isfinite(fused), order, axis=1)
@@ -294,6 +379,7 @@ def rerank(
     history: Iterable[int] = (),
     fusion: Fusion | None = None,
     k: int | None = None,
+    age: int = 0,
 ) -> np.ndarray:
     """One user's final order: the cached list, history items removed, sorted by fused score.
 
@@ -303,12 +389,14 @@ def rerank(
         history: items the user already clicked; they are never shown.
         fusion: default `RankSigmoidFusion()` (α = 0.5).
         k: how many items to return (default: every valid one).
+        age: clicks since the list was made.
     Returns:
         `[≤ k]` int64 item ids, best first.
     """
     fusion = RankSigmoidFusion() if fusion is None else fusion
     history = history if isinstance(history, np.ndarray) else list(history)
-    return rerank_valid(candidates, srm_logits, valid_mask(candidates.items, [history]), fusion, k)
+    valid = valid_mask(candidates.items, [history])
+    return rerank_valid(candidates, srm_logits, valid, fusion, k, age)
 
 
 def rerank_valid(
@@ -317,6 +405,7 @@ def rerank_valid(
     valid: np.ndarray,
     fusion: Fusion,
     k: int | None = None,
+    age: int = 0,
 ) -> np.ndarray:
     """`rerank` with the `[N]` (or `[1, N]`) mask of showable slots already known (a device
     keeps a table of what it clicked, so the mask costs one lookup)."""
@@ -329,7 +418,8 @@ def rerank_valid(
                          "mask slots")  # fmt: skip
     # One row, so the batch path's checks and gathers are skipped (a device does this per
     # click); the order is `rerank_batch`'s: fused score descending, ties in LLM order.
-    fused = np.where(valid, fusion.fuse(llm, logits, valid), -np.inf)[0]
+    ages = np.array([age], dtype=np.int64)
+    fused = np.where(valid, fusion.fuse(llm, logits, valid, ages), -np.inf)[0]
     fused[np.isnan(fused)] = -np.inf  # an undefined score is never shown, as in the batch path
     order = np.argsort(-fused, kind="stable")[: len(items) if k is None else k]
     return items[order[np.isfinite(fused[order])]]

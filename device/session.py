@@ -8,9 +8,11 @@ A stream step on the device (docs/design.md §3) is
 `device.driver.run_stream` runs these two over a user's stream; the session replay and the
 live fleet both go through it.
 
-`fetch` is any callable `fetch(history)` returning a `CandidateList`, or a result object
-with `ok` and `candidates` attributes such as the gRPC client's `FetchResult` (so
-`session.request_fresh(client.fetch)` works as is). It may fail, by returning None or a
+`fetch` is any callable `fetch(history, exclude=older)` returning a `CandidateList`, or a
+result object with `ok` and `candidates` attributes such as the gRPC client's `FetchResult` (so
+`session.request_fresh(client.fetch)` works as is). `history` is the last `request_history`
+clicks, what the cloud model reads; `exclude` the user's older consumed items, which the list
+must not hold either, so every list arrives with N items the user has not consumed. It may fail, by returning None or a
 result that is not ok, or by raising one of the session's recoverable errors (`FetchError`,
 `ConnectionError`, `TimeoutError` by default); the session then keeps
 reranking its cached list, waits a doubling number of steps before asking again, and never
@@ -39,7 +41,8 @@ from device.policies import AlwaysPolicy, PolicyObservation, RequestPolicy
 from device.policies.surprise import click_row, empty_rows, list_columns
 from shared.candidates import CandidateList
 
-FetchFn = Callable[[np.ndarray], Any]  # -> CandidateList | a FetchResult-like | None
+# fetch(history, exclude=older) -> CandidateList | a FetchResult-like | None
+FetchFn = Callable[..., Any]
 
 
 class FetchError(RuntimeError):
@@ -386,7 +389,8 @@ class DeviceSession:
         if self.cached is None:
             return self.fallback(k)
         valid = self.showable(self.cached.items)
-        return rerank_valid(self.cached.candidates, self.srm_logits(), valid, self.fusion, k)
+        age = len(self._history) - self.cached.clicks_at_fetch  # clicks since it was made
+        return rerank_valid(self.cached.candidates, self.srm_logits(), valid, self.fusion, k, age)
 
     def showable(self, items: np.ndarray) -> np.ndarray:
         """`[N]` bool: the slots of `items` that are not padding and not clicked before."""
@@ -432,6 +436,14 @@ class DeviceSession:
         wanted = True if self.cached is None else self.policy.decide(self.observation())
         return wanted and self.step >= self._retry_at
 
+    def request_items(self) -> tuple[np.ndarray, np.ndarray]:
+        """What a request sends: the last `request_history` clicks, and the distinct items
+        clicked before them that are not among them (to exclude from the list)."""
+        history = self.history
+        recent = history[-self.config.request_history :]
+        older = history[: max(0, len(history) - self.config.request_history)]
+        return recent, np.setdiff1d(older, recent)
+
     def request_fresh(self, fetch: FetchFn) -> bool:
         """Ask `fetch` for a fresh list with the last `request_history` clicks.
 
@@ -445,7 +457,8 @@ class DeviceSession:
         """
         self.stats.requests += 1
         try:
-            self.last_fetch = fetch(self.history[-self.config.request_history :])
+            recent, older = self.request_items()
+            self.last_fetch = fetch(recent, exclude=older)
         except self.recoverable as err:
             self._on_failure(err)
             return False

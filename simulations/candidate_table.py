@@ -53,6 +53,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--batch-size", type=int, default=32, help="requests per generate call")
+    parser.add_argument(
+        "--request-history",
+        type=int,
+        default=50,
+        help="L: clicks a device sends (the older ones go as the exclusion), as served",
+    )
+    parser.add_argument(
+        "--without-exclusion",
+        action="store_true",
+        help="add each generator's lists as served before the exclusion field (last L only)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/candidate_table")
     return parser.parse_args(argv)
@@ -82,8 +93,20 @@ def popular_lists(train: list[np.ndarray], histories, num_items: int, n: int) ->
     return out
 
 
-def generator_lists(generator, histories, n: int, batch_size: int) -> list[np.ndarray]:
-    return [c.items for c in generator.generate(histories, n=n, batch_size=batch_size)]
+def generator_lists(
+    generator, histories, n: int, batch_size: int, request_history: int = 50, exclude: bool = True
+) -> list[np.ndarray]:
+    """The lists as a device is served them: the last `request_history` clicks sent as the
+    history, the older ones as the exclusion (so no list holds a consumed item); with
+    `exclude=False`, as devices were served before the exclusion field (the last clicks only)."""
+    recent = [h[-request_history:] for h in histories]
+    older = [
+        np.setdiff1d(h[: max(0, len(h) - request_history)], r) for h, r in zip(histories, recent)
+    ]
+    lists = generator.generate(
+        recent, n=n, batch_size=batch_size, exclude=older if exclude else None
+    )
+    return [c.items for c in lists]
 
 
 def srm_lists(model, histories, n: int, batch_size: int = 256) -> list[np.ndarray]:
@@ -223,8 +246,16 @@ def main(argv=None) -> int:
     generators = [load_generator(folder) for folder in args.model]
     rows = []
     for gen in generators:
-        make = lambda g=gen: generator_lists(g, histories, args.n, args.batch_size)  # noqa: E731
+        make = lambda g=gen: generator_lists(  # noqa: E731
+            g, histories, args.n, args.batch_size, args.request_history
+        )
         rows.append(_timed(f"generator {gen.model_version}", make, targets, args.n, rare))
+        if args.without_exclusion:
+            make = lambda g=gen: generator_lists(  # noqa: E731
+                g, histories, args.n, args.batch_size, args.request_history, exclude=False
+            )
+            label = f"generator {gen.model_version}, last {args.request_history} without exclusion"
+            rows.append(_timed(label, make, targets, args.n, rare))
     for folder in args.srm:
         model = load_srm(folder)
         make = lambda m=model: srm_lists(m, histories, args.n)  # noqa: E731

@@ -113,10 +113,11 @@ def _worker_client(config: FleetConfig):
 
 
 def _fetcher(client, config: FleetConfig, task: DeviceTask, log: list[RequestLog], step: Callable):
-    """`fetch(history)` for the session: calls the server and logs every attempt's outcome."""
+    """`fetch(history, exclude=...)` for the session: calls the server and logs every
+    attempt's outcome."""
 
-    def fetch(history: np.ndarray):
-        result = client.fetch(history, n=config.n, user_id=str(task.user))
+    def fetch(history: np.ndarray, exclude: np.ndarray = ()):
+        result = client.fetch(history, n=config.n, user_id=str(task.user), exclude=exclude)
         log.append(
             RequestLog(
                 task.user,
@@ -140,7 +141,8 @@ def run_device(task: DeviceTask, config: FleetConfig) -> DeviceRecord:
     session = _session(task, config)
     streaming = []  # empty until the stream starts: the initial fetch is logged as step -1
     fetch = _fetcher(client, config, task, log, lambda: session.step if streaming else -1)
-    initial = fetch(session.history[-session.config.request_history :])  # not a stream request
+    recent, older = session.request_items()
+    initial = fetch(recent, exclude=older)  # not a stream request
     streaming.append(True)
     if initial.ok:
         session.update_candidates(initial.candidates)

@@ -49,6 +49,7 @@ from simulations.replay.lists import (
     generate_lists,
     list_cache_key,
     load_or_generate_lists,
+    request_exclusions,
     request_histories,
 )
 from simulations.replay.sessions import CachedFetch, PrecomputedRunner, replay_sessions
@@ -87,6 +88,7 @@ __all__ = [
     "reference_result",
     "replay",
     "replay_sessions",
+    "request_exclusions",
     "request_histories",
     "srm_fingerprint",
     "stream_from_split",

@@ -117,6 +117,12 @@ class ReplayData:
         first = held + 1 if step > held else step
         return self.click_rows[row, first : step + 1, held]
 
+    def list_ages(self) -> np.ndarray:
+        """`[T, T]` the age of list `j` at step `t`: `t − j` clicks since it was made (0 where
+        `j > t`, a list that does not exist yet)."""
+        steps = np.arange(self.window)
+        return np.maximum(steps[:, None] - steps[None, :], 0)
+
     def fused_ranks(self, fusion: Fusion, chunk_rows: int = 65536) -> np.ndarray:
         """`[U, T, T]` the target's rank in the final list of step `t` holding list `j`.
 
@@ -133,10 +139,13 @@ class ReplayData:
         logits = self.logits.reshape(-1, width)
         valid = self.valid.reshape(-1, width)
         targets = np.broadcast_to(self.stream.targets[:, :, None], full[:3]).reshape(-1)  # [M]
+        ages = np.broadcast_to(self.list_ages(), full[:3]).reshape(-1)  # [M]
         ranks = np.empty(len(targets))
         for lo in range(0, len(targets), chunk_rows):
             part = slice(lo, lo + chunk_rows)
-            ranked = rerank_batch(items[part], llm[part], logits[part], valid[part], fusion)
+            ranked = rerank_batch(
+                items[part], llm[part], logits[part], valid[part], fusion, age=ages[part]
+            )
             ranks[part] = target_positions(ranked, targets[part])
         ranks = ranks.reshape(users, window, window)
         ranks[:, ~np.tri(window, dtype=bool)] = np.nan  # list j does not exist yet at step t < j

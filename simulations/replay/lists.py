@@ -24,7 +24,8 @@ class FreshLists:
 
     Attributes:
         items: `[U, T, N]` int64; `[u, t]` is made from the last `request_history` clicks
-            before step `t`, so `[u, 0]` is also the initial list. 0 = padding.
+            before step `t`, the older ones excluded, so it holds no item clicked before `t`;
+            `[u, 0]` is also the initial list. 0 = padding.
         scores: `[U, T, N]` float32 LLM log-probabilities, best first.
         model_version: the generator's version string, stamped on every `CandidateList`.
         request_history: `L`, clicks sent with each request.
@@ -60,6 +61,18 @@ def request_histories(stream: ReplayStream, request_history: int) -> list[np.nda
     ]
 
 
+def request_exclusions(stream: ReplayStream, request_history: int) -> list[np.ndarray]:
+    """What a device excludes with each request, in `request_histories` order: the distinct
+    items clicked before the last `L`, not among them (as `DeviceSession.request_items`)."""
+    out = []
+    for row in range(stream.num_users):
+        for t in range(stream.window):
+            history = stream.history(row, t)
+            recent = history[-request_history:]
+            out.append(np.setdiff1d(history[: max(0, len(history) - request_history)], recent))
+    return out
+
+
 def _stack_lists(lists: Sequence[CandidateList], n: int) -> tuple[np.ndarray, np.ndarray]:
     """`[R, n]` items and scores; a list shorter than `n` is padded with id 0, score -inf."""
     items = np.zeros((len(lists), n), dtype=np.int64)
@@ -76,14 +89,22 @@ def generate_lists(
     histories: Sequence[np.ndarray],
     config: ReplayConfig,
     progress: bool = False,
+    exclude: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`[R, N]` items and scores of one fresh list per history, in chunks (one bar update each)."""
+    """`[R, N]` items and scores of one fresh list per history (and its exclusion), in chunks
+    (one bar update each)."""
 
     items, scores = [], []
     bar = progress_bar(total=len(histories), desc="fresh lists", unit="list", enabled=progress)
     for start in range(0, len(histories), config.chunk_size):
-        chunk = histories[start : start + config.chunk_size]
-        lists = generator.generate(chunk, n=config.n, batch_size=config.batch_size)
+        end = start + config.chunk_size
+        chunk = histories[start:end]
+        lists = generator.generate(
+            chunk,
+            n=config.n,
+            batch_size=config.batch_size,
+            exclude=None if exclude is None else exclude[start:end],
+        )
         chunk_items, chunk_scores = _stack_lists(lists, config.n)
         items.append(chunk_items)
         scores.append(chunk_scores)
@@ -105,6 +126,8 @@ def list_cache_key(
         "stream": stream.digest,
         "n": config.n,
         "request_history": config.request_history,
+        # Requests exclude the whole history (the older clicks sent apart from the last L).
+        "exclusion": "whole-history",
     }
 
 
@@ -140,7 +163,11 @@ def load_or_generate_lists(
             cached["items"], cached["scores"], version, config.request_history, key_digest, True
         )
     items, scores = generate_lists(
-        generator, request_histories(stream, config.request_history), config, progress
+        generator,
+        request_histories(stream, config.request_history),
+        config,
+        progress,
+        exclude=request_exclusions(stream, config.request_history),
     )
     items, scores = items.reshape(shape), scores.reshape(shape)
     if path:

@@ -19,10 +19,12 @@ from simulations.replay.engine import ReplayData, ReplayResult, result_label
 
 
 class CachedFetch:
-    """A device's `fetch(history)` for one stream user, answered from the fresh-list cache.
+    """A device's `fetch(history, exclude=...)` for one stream user, answered from the
+    fresh-list cache.
 
     It looks the sent history up (the last `L` clicks before some step) and returns that
-    step's cached list, as the cloud would. `calls` counts requests.
+    step's cached list, as the cloud would (the cache was made with the same exclusions).
+    `calls` counts requests.
 
     Raises (on call):
         KeyError: the history is not one the stream ever sends.
@@ -37,7 +39,7 @@ class CachedFetch:
             data.stream.history(row, t)[-limit:].tobytes(): t for t in range(data.window)
         }
 
-    def __call__(self, history: np.ndarray) -> CandidateList:
+    def __call__(self, history: np.ndarray, exclude: np.ndarray | None = None) -> CandidateList:
         self.calls += 1
         step = self._steps.get(np.asarray(history, dtype=np.int64).tobytes())
         if step is None:

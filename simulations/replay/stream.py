@@ -25,7 +25,11 @@ class ListGenerator(Protocol):
     model_version: str
 
     def generate(
-        self, histories: Sequence[Sequence[int]], n: int = 50, batch_size: int = 32
+        self,
+        histories: Sequence[Sequence[int]],
+        n: int = 50,
+        batch_size: int = 32,
+        exclude: Sequence[Sequence[int]] | None = None,
     ) -> list[CandidateList]: ...
 
 

@@ -55,11 +55,11 @@ class GatedGenerator:
         self.release = threading.Event()
         self.entered = threading.Event()
 
-    def generate(self, histories, n=50):
+    def generate(self, histories, n=50, exclude=None):
         self.seen.extend(np.asarray(h).tolist() for h in histories)
         self.entered.set()
         assert self.release.wait(TIMEOUT), "the test never released the batch"
-        return self.inner.generate(histories, n=n)
+        return self.inner.generate(histories, n=n, exclude=exclude)
 
 
 @pytest.fixture
@@ -178,6 +178,44 @@ def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(
     assert_valid(stub.GetCandidates(req([1, 2]), timeout=TIMEOUT), [1, 2], N, 120)
 
 
+def test_the_exclusion_is_never_returned_and_the_model_does_not_read_it(start_server, generator):
+    """Older consumed items sent apart from the history: absent from the list, which is the
+    same top-N with them masked (the model reads only the history)."""
+    _, stub, _ = start_server(generator)
+    history, older = [5, 9, 33], [1, 2, 40, 41, 2]
+    plain = stub.GetCandidates(req(history, n=30), timeout=TIMEOUT)
+    request = req(history, n=30)
+    request.exclude.extend(older)
+    response = stub.GetCandidates(request, timeout=TIMEOUT)
+    assert_valid(response, history + older, 30, generator.num_items)
+    kept = [item for item in plain.items if item not in older]
+    assert list(response.items)[: len(kept)] == kept  # the same ranking, excluded items out
+    alone = generator.generate([history], n=30, exclude=[older])[0]
+    assert list(response.items) == alone.items.tolist()
+
+
+@pytest.mark.parametrize(
+    ("exclude", "n", "message"),
+    [
+        pytest.param(
+            list(range(1, 62)), 5, "exclude has 61 items; the limit is 60", id="oversized"
+        ),
+        pytest.param([3, 121], 5, "exclude: unknown item id 121", id="unknown-id"),
+        pytest.param([0], 5, "exclude: unknown item id 0", id="padding-id"),
+        pytest.param(list(range(10, 40)), 90, "exceeds the 88 catalogue items", id="n-over-rest"),
+    ],
+)
+def test_a_bad_exclusion_is_invalid_argument(start_server, generator, exclude, n, message):
+    config = ServerConfig(default_n=N, max_n=100, max_exclude_items=60)
+    _, stub, _ = start_server(generator, config)
+    request = req([1, 2], n=n)
+    request.exclude.extend(exclude)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetCandidates(request, timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert re.search(message, caught.value.details())
+
+
 def test_oversized_request_id_is_invalid_argument(start_server, generator):
     _, stub, _ = start_server(generator)
     with pytest.raises(grpc.RpcError) as caught:
@@ -217,7 +255,7 @@ class FussyGenerator:
     def __init__(self) -> None:
         self.calls: list[tuple[int, int]] = []  # (rows, n) per generate call
 
-    def generate(self, histories, n=50):
+    def generate(self, histories, n=50, exclude=None):
         self.calls.append((len(histories), n))
         if any(66 in list(h) for h in histories):
             raise RuntimeError("model crashed")

@@ -328,9 +328,9 @@ class CountingGenerator:
         self.nested_top_n = inner.nested_top_n
         self.calls: list[tuple[int, int]] = []
 
-    def generate(self, histories, n=50):
+    def generate(self, histories, n=50, exclude=None):
         self.calls.append((len(histories), n))
-        return self.inner.generate(histories, n=n)
+        return self.inner.generate(histories, n=n, exclude=exclude)
 
 
 def test_a_batch_with_many_n_is_one_model_call_cut_per_request(served_generator):

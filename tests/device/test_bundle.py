@@ -177,7 +177,7 @@ DEVICE_SCRIPT = textwrap.dedent(
     first = client.fetch(session.history[-bundle.settings.request_history :],
                          n=bundle.settings.candidates)
     session.update_candidates(first.candidates)
-    fetch = lambda h: client.fetch(h, n=bundle.settings.candidates)
+    fetch = lambda h, exclude=(): client.fetch(h, n=bundle.settings.candidates, exclude=exclude)
     record = run_stream(session, fetch, clicks, k=bundle.settings.candidates)
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers")
                     and sys.modules[m] is not None)
@@ -212,7 +212,9 @@ def test_a_device_without_torch_runs_the_bundle_against_a_real_server(
                                 RankSigmoidFusion(alpha=0.7), SessionConfig(5, 8), history)  # fmt: skip
         session.update_candidates(client.fetch(session.history[-8:], n=10).candidates)
         with torch.no_grad():
-            record = run_stream(session, lambda h: client.fetch(h, n=10), clicks, k=10)
+            record = run_stream(
+                session, lambda h, exclude=(): client.fetch(h, n=10, exclude=exclude), clicks, k=10
+            )
     finally:
         server.shutdown(grace_s=0)
     assert device["loaded"] == []

@@ -52,10 +52,10 @@ class CountingGenerator:
         self.release = threading.Event()
         self.release.set()
 
-    def generate(self, histories, n=50):
+    def generate(self, histories, n=50, exclude=None):
         self.requests += len(histories)
         assert self.release.wait(TIMEOUT), "the test never released the batch"
-        return self.inner.generate(histories, n=n)
+        return self.inner.generate(histories, n=n, exclude=exclude)
 
 
 @pytest.fixture

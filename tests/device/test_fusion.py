@@ -9,11 +9,13 @@ import pytest
 
 from device.fusion import (
     FUSIONS,
+    AgeAlphaFusion,
     LLMOnlyFusion,
     RankSigmoidFusion,
     ReciprocalRankFusion,
     ScoreBlendFusion,
     SRMOnlyFusion,
+    age_bucket_labels,
     build_fusion,
     list_ranks,
     rerank,
@@ -143,7 +145,7 @@ def test_sigmoid_is_stable_for_large_logits():
 
 
 def test_registry_and_validation():
-    assert set(FUSIONS) == {"lsc4rec", "blend", "rrf", "llm_only", "srm_only"}
+    assert set(FUSIONS) == {"lsc4rec", "age_lsc4rec", "blend", "rrf", "llm_only", "srm_only"}
     assert build_fusion("lsc4rec", alpha=1 / 3).alpha == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="unknown fusion 'nope'"):
         build_fusion("nope")
@@ -155,3 +157,39 @@ def test_registry_and_validation():
         ScoreBlendFusion(normalize="zscore")
     with pytest.raises(ValueError, match="same shape"):
         RankSigmoidFusion()(LLM, np.zeros(3), ALL)
+
+
+def test_age_alpha_fusion_uses_the_alpha_of_each_lists_age_bucket():
+    """Hand-computed: ranks j = 0..3 of 4 valid slots give rank terms 1, 3/4, 1/2, 1/4."""
+    fusion = AgeAlphaFusion(alphas=(1.0, 0.5, 0.0), ages=(0, 1, 3))
+    srm = np.array([-LN3, LN3, -LN3, LN3])  # σ: 0.25, 0.75, 0.25, 0.75
+    llm = np.tile(LLM, (5, 1))
+    scores = fusion(llm, np.tile(srm, (5, 1)), np.ones((5, 4), bool), age=[0, 1, 2, 3, 9])
+    np.testing.assert_allclose(scores[0], [1.0, 0.75, 0.5, 0.25])  # age 0: α = 1, the LLM
+    half = 0.5 * np.array([1.0, 0.75, 0.5, 0.25]) + 0.5 * np.array([0.25, 0.75, 0.25, 0.75])
+    np.testing.assert_allclose(scores[1], half)  # ages 1 and 2: α = 0.5
+    np.testing.assert_allclose(scores[2], half)
+    np.testing.assert_allclose(scores[3], [0.25, 0.75, 0.25, 0.75])  # ages 3+: the SRM
+    np.testing.assert_allclose(scores[4], scores[3])
+    candidates = CandidateList(ITEMS, LLM)
+    assert rerank(candidates, srm, fusion=fusion, age=0).tolist() == [10, 20, 30, 40]
+    assert rerank(candidates, srm, fusion=fusion, age=5).tolist() == [20, 40, 10, 30]
+    assert rerank(candidates, srm, fusion=fusion, age=1).tolist() == [20, 10, 40, 30]
+
+
+def test_age_alpha_fusion_with_equal_alphas_is_lsc4rec_and_validates():
+    rng = np.random.default_rng(0)
+    llm, srm = np.sort(rng.normal(size=(6, 8)))[:, ::-1], rng.normal(size=(6, 8))
+    valid = rng.random((6, 8)) > 0.2
+    same = AgeAlphaFusion(alphas=(0.3,) * 5)
+    np.testing.assert_array_equal(
+        same(llm, srm, valid, age=np.arange(6)), RankSigmoidFusion(alpha=0.3)(llm, srm, valid)
+    )
+    assert build_fusion("age_lsc4rec", alphas=[0.9, 0.1], ages=[0, 4]) == AgeAlphaFusion(
+        alphas=(0.9, 0.1), ages=(0, 4)
+    )
+    assert age_bucket_labels((0, 1, 2, 4, 7)) == ["0", "1", "2–3", "4–6", "7+"]
+    for bad in [dict(alphas=(0.5,), ages=(1,)), dict(alphas=(0.5, 0.5), ages=(0, 0)),
+                dict(alphas=(0.5, 1.5), ages=(0, 2)), dict(alphas=(0.5,), ages=(0, 2))]:  # fmt: skip
+        with pytest.raises(ValueError):
+            AgeAlphaFusion(**bad)

@@ -41,10 +41,12 @@ class Cloud:
 
     def __init__(self) -> None:
         self.sent: list[list[int]] = []
+        self.excluded: list[list[int]] = []
         self.failure: str | None = None  # None, "raise", "none", "bug"
 
-    def __call__(self, history: np.ndarray) -> CandidateList | None:
+    def __call__(self, history: np.ndarray, exclude=()) -> CandidateList | None:
         self.sent.append(history.tolist())
+        self.excluded.append(np.asarray(exclude).tolist())
         if self.failure == "raise":
             raise FetchError("UNAVAILABLE")
         if self.failure == "none":
@@ -52,7 +54,8 @@ class Cloud:
         if self.failure == "bug":
             raise KeyError("not a network error")
         # a list of the 10 lowest-numbered items the user has not clicked
-        fresh = [i for i in range(1, NUM_ITEMS + 1) if i not in set(history.tolist())][:10]
+        consumed = set(history.tolist()) | set(np.asarray(exclude).tolist())
+        fresh = [i for i in range(1, NUM_ITEMS + 1) if i not in consumed][:10]
         return candidates(fresh, version=f"after-{len(history)}")
 
 
@@ -203,7 +206,7 @@ def test_unexpected_errors_propagate_and_still_keep_clicks(ttt):
         session.request_fresh(cloud)
     assert session.history.tolist() == [4] and session.cached is not None
     with pytest.raises(TypeError, match="CandidateList"):
-        session.request_fresh(lambda history: [1, 2, 3])
+        session.request_fresh(lambda history, exclude: [1, 2, 3])
 
 
 def test_request_sends_the_last_l_clicks_and_periodic_stream(sasrec):
@@ -219,6 +222,7 @@ def test_request_sends_the_last_l_clicks_and_periodic_stream(sasrec):
         session.observe(click)
     assert requested_at == [0, 2, 4, 6]  # the cold-start list, then every 2nd step
     assert cloud.sent == [[], [5, 6], [6, 7, 8], [8, 9, 10]]
+    assert cloud.excluded == [[], [], [5], [5, 6, 7]]
 
 
 def test_policy_is_asked_once_per_step_and_random_rate(ttt):
@@ -251,11 +255,13 @@ def test_grpc_client_fetch_results_plug_in(ttt):
     session = DeviceSession(make_runner(ttt), NeverPolicy(), candidates=candidates([1, 2, 3]))
     initial = session.cached
     down = client.FetchResult(False, None, grpc.StatusCode.UNAVAILABLE, 3, 0.2, "no server")
-    assert not session.request_fresh(lambda history: down)
+    assert not session.request_fresh(lambda history, exclude: down)
     assert session.cached is initial and "no server" in str(session.last_error)
     assert session.last_fetch is down
     up = client.FetchResult(True, candidates([4, 5, 6]), grpc.StatusCode.OK, 1, 0.01)
-    assert session.request_fresh(lambda history: up)  # an explicit request skips the back-off
+    assert session.request_fresh(
+        lambda history, exclude: up
+    )  # an explicit request skips the back-off
     assert session.cached.items.tolist() == [4, 5, 6]
 
 
@@ -295,3 +301,19 @@ def test_the_driver_runs_a_stream_and_a_dead_cloud_loses_nothing(ttt):
     assert back.lists_used.tolist() == [0, 1, 2, 3, 4]
     # the fake cloud lists the 10 lowest unclicked items: 9 and 3 are in them, the rest not
     assert np.isfinite(back.ranks).tolist() == [True, False, False, True, False]
+
+
+def test_a_request_sends_the_last_l_clicks_and_excludes_the_older_ones(sasrec):
+    """The cloud reads the last L clicks; every older consumed item goes as the exclusion, so
+    the fresh list holds only items the user has not consumed."""
+    cloud = Cloud()
+    session = DeviceSession(
+        make_runner(sasrec), NeverPolicy(), config=SessionConfig(request_history=3)
+    )
+    for click in (1, 2, 3, 2, 4, 5, 6):
+        session.observe(click)
+    assert session.request_fresh(cloud)
+    assert cloud.sent[-1] == [4, 5, 6]
+    assert cloud.excluded[-1] == [1, 2, 3]  # distinct, none of the last three
+    listed = set(session.cached.candidates.items.tolist())
+    assert len(listed) == 10 and not listed & {1, 2, 3, 4, 5, 6}

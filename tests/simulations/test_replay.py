@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from device.fusion import LLMOnlyFusion, RankSigmoidFusion, rerank
+from device.fusion import AgeAlphaFusion, LLMOnlyFusion, RankSigmoidFusion, rerank
 from device.policies import (
     AlwaysPolicy,
     ConsistencyPolicy,
@@ -51,10 +51,10 @@ class CountingGenerator:
         self.calls = 0
         self.requests = 0
 
-    def generate(self, histories, n=50, batch_size=32):
+    def generate(self, histories, n=50, batch_size=32, exclude=None):
         self.calls += 1
         self.requests += len(histories)
-        return self.generator.generate(histories, n=n, batch_size=batch_size)
+        return self.generator.generate(histories, n=n, batch_size=batch_size, exclude=exclude)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -101,6 +101,22 @@ def test_streams_follow_the_protocol(split):
         ReplayStream("test", np.array([0]), (np.array([1, 2]),), np.array([1]), 3)
 
 
+def test_fresh_lists_hold_no_item_clicked_before_they_were_made(split, generator):
+    """The replay sends the last L clicks and excludes the older ones, as a device does: a
+    list made at step t holds none of the user's clicks before t, even beyond the last L."""
+    stream = stream_from_split(split)
+    config = dataclasses.replace(CONFIG, request_history=4)  # most histories are longer
+    lists = load_or_generate_lists(generator, stream, config)
+    leaked = 0
+    for row in range(stream.num_users):
+        for t in range(stream.window):
+            history = stream.history(row, t)
+            assert len(history) > 4
+            leaked += np.isin(lists.items[row, t], history).sum()
+    assert leaked == 0
+    assert (lists.items > 0).all()  # still N items each
+
+
 def test_list_cache_is_reused_and_invalidated(split, generator, tmp_path):
     stream = stream_from_split(split)
     counting = CountingGenerator(generator)
@@ -127,10 +143,12 @@ def test_list_cache_is_reused_and_invalidated(split, generator, tmp_path):
 
 def test_lists_are_the_generator_lists_for_the_sent_history(split, generator, data):
     row, step = 2, 3
-    sent = data.stream.history(row, step)[-CONFIG.request_history :]
-    fresh = generator.generate([sent], n=N)[0]
+    history = data.stream.history(row, step)
+    sent = history[-CONFIG.request_history :]
+    older = history[: -CONFIG.request_history]
+    fresh = generator.generate([sent], n=N, exclude=[older])[0]
     np.testing.assert_array_equal(data.lists.items[row, step], fresh.items)
-    assert not np.isin(fresh.items, sent).any()
+    assert not np.isin(fresh.items, history).any()
 
 
 def test_srm_cache_is_reused_and_follows_the_weights(split, srm, data, tmp_path):
@@ -209,6 +227,17 @@ def test_device_sessions_give_the_fast_replay_records(srm, data, policy):
         np.testing.assert_array_equal(other.lists_used, fast.lists_used)
         np.testing.assert_array_equal(other.ranks, fast.ranks)
     assert 0.0 < fast.request_rate < 1.0
+
+
+def test_device_sessions_give_the_fast_replay_records_with_an_age_aware_fusion(srm, data):
+    """The session's list age (clicks since the list was made) is the replay's t − j."""
+    policy = RandomPolicy(p=0.3, seed=4)
+    fusion = AgeAlphaFusion(alphas=(0.9, 0.6, 0.3, 0.1, 0.0))
+    fast = replay(data, policy, fusion)
+    via_model = replay_sessions(data, policy, fusion, runner_factory=lambda row: make_runner(srm))
+    np.testing.assert_array_equal(via_model.requested, fast.requested)
+    np.testing.assert_array_equal(via_model.ranks, fast.ranks)
+    assert not np.array_equal(fast.ranks, replay(data, policy, RankSigmoidFusion(0.9)).ranks)
 
 
 def test_fusion_changes_the_ranks_but_not_the_requests(data):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/lsc4rec/v1/candidates.proto\x12\nlsc4rec.v1\"W\n\x14GetCandidatesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07history\x18\x02 \x03(\x03\x12\t\n\x01n\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x8b\x01\n\x15GetCandidatesResponse\x12\r\n\x05items\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12(\n\x06timing\x18\x05 \x01(\x0b\x32\x18.lsc4rec.v1.ServerTiming\"Z\n\x0cServerTiming\x12\x10\n\x08queue_us\x18\x01 \x01(\x03\x12\x12\n\ncompute_us\x18\x02 \x01(\x03\x12\x10\n\x08total_us\x18\x03 \x01(\x03\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\"O\n\x19GetCandidatesBatchRequest\x12\x32\n\x08requests\x18\x01 \x03(\x0b\x32 .lsc4rec.v1.GetCandidatesRequest\"R\n\x1aGetCandidatesBatchResponse\x12\x34\n\tresponses\x18\x01 \x03(\x0b\x32!.lsc4rec.v1.GetCandidatesResponse2\xcd\x01\n\x10\x43\x61ndidateService\x12T\n\rGetCandidates\x12 .lsc4rec.v1.GetCandidatesRequest\x1a!.lsc4rec.v1.GetCandidatesResponse\x12\x63\n\x12GetCandidatesBatch\x12%.lsc4rec.v1.GetCandidatesBatchRequest\x1a&.lsc4rec.v1.GetCandidatesBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/lsc4rec/v1/candidates.proto\x12\nlsc4rec.v1\"h\n\x14GetCandidatesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07history\x18\x02 \x03(\x03\x12\t\n\x01n\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0f\n\x07\x65xclude\x18\x05 \x03(\x03\"\x8b\x01\n\x15GetCandidatesResponse\x12\r\n\x05items\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12(\n\x06timing\x18\x05 \x01(\x0b\x32\x18.lsc4rec.v1.ServerTiming\"Z\n\x0cServerTiming\x12\x10\n\x08queue_us\x18\x01 \x01(\x03\x12\x12\n\ncompute_us\x18\x02 \x01(\x03\x12\x10\n\x08total_us\x18\x03 \x01(\x03\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\"O\n\x19GetCandidatesBatchRequest\x12\x32\n\x08requests\x18\x01 \x03(\x0b\x32 .lsc4rec.v1.GetCandidatesRequest\"R\n\x1aGetCandidatesBatchResponse\x12\x34\n\tresponses\x18\x01 \x03(\x0b\x32!.lsc4rec.v1.GetCandidatesResponse2\xcd\x01\n\x10\x43\x61ndidateService\x12T\n\rGetCandidates\x12 .lsc4rec.v1.GetCandidatesRequest\x1a!.lsc4rec.v1.GetCandidatesResponse\x12\x63\n\x12GetCandidatesBatch\x12%.lsc4rec.v1.GetCandidatesBatchRequest\x1a&.lsc4rec.v1.GetCandidatesBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,15 +32,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.lsc4rec.v1.candidate
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETCANDIDATESREQUEST']._serialized_start=50
-  _globals['_GETCANDIDATESREQUEST']._serialized_end=137
-  _globals['_GETCANDIDATESRESPONSE']._serialized_start=140
-  _globals['_GETCANDIDATESRESPONSE']._serialized_end=279
-  _globals['_SERVERTIMING']._serialized_start=281
-  _globals['_SERVERTIMING']._serialized_end=371
-  _globals['_GETCANDIDATESBATCHREQUEST']._serialized_start=373
-  _globals['_GETCANDIDATESBATCHREQUEST']._serialized_end=452
-  _globals['_GETCANDIDATESBATCHRESPONSE']._serialized_start=454
-  _globals['_GETCANDIDATESBATCHRESPONSE']._serialized_end=536
-  _globals['_CANDIDATESERVICE']._serialized_start=539
-  _globals['_CANDIDATESERVICE']._serialized_end=744
+  _globals['_GETCANDIDATESREQUEST']._serialized_end=154
+  _globals['_GETCANDIDATESRESPONSE']._serialized_start=157
+  _globals['_GETCANDIDATESRESPONSE']._serialized_end=296
+  _globals['_SERVERTIMING']._serialized_start=298
+  _globals['_SERVERTIMING']._serialized_end=388
+  _globals['_GETCANDIDATESBATCHREQUEST']._serialized_start=390
+  _globals['_GETCANDIDATESBATCHREQUEST']._serialized_end=469
+  _globals['_GETCANDIDATESBATCHRESPONSE']._serialized_start=471
+  _globals['_GETCANDIDATESBATCHRESPONSE']._serialized_end=553
+  _globals['_CANDIDATESERVICE']._serialized_start=556
+  _globals['_CANDIDATESERVICE']._serialized_end=761
 # @@protoc_insertion_point(module_scope)

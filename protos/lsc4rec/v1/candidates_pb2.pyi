@@ -7,16 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GetCandidatesRequest(_message.Message):
-    __slots__ = ("user_id", "history", "n", "request_id")
+    __slots__ = ("user_id", "history", "n", "request_id", "exclude")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     history: _containers.RepeatedScalarFieldContainer[int]
     n: int
     request_id: str
-    def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Iterable[int]] = ..., n: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    exclude: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Iterable[int]] = ..., n: _Optional[int] = ..., request_id: _Optional[str] = ..., exclude: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetCandidatesResponse(_message.Message):
     __slots__ = ("items", "scores", "model_version", "request_id", "timing")
