@@ -32,6 +32,7 @@ from simulations.request_rate import (
     write_outputs,
 )
 from simulations.request_rate import run_request_rate as run_sweep
+from simulations.request_rate.config import ALPHA_FUSIONS, DEFAULT_ALPHAS
 from simulations.request_rate.report import rate_control_markdown
 
 
@@ -101,7 +102,6 @@ MEASURES = (
     "inner_loss_mean",
     "last_click_position",
 )
-ALPHAS = tuple(i / 10 for i in range(11))
 
 
 def _alpha(text: str) -> str | float:
@@ -118,14 +118,21 @@ def _alpha(text: str) -> str | float:
 
 def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sweep")
-    group.add_argument("--fusion", default="lsc4rec", help="device fusion (default lsc4rec)")
+    group.add_argument(
+        "--fusion",
+        default="lsc4rec",
+        help="device fusion: lsc4rec (default), age_lsc4rec (one α per list-age bucket), "
+        "learned (a linear scorer fitted on the validation stream), auto (the best of these "
+        "three on the validation stream), or any of blend, rrf, llm_only, srm_only",
+    )
     group.add_argument(
         "--alpha",
         type=_alpha,
         default="auto",
         help="the lsc4rec fusion's α: 'auto' (default) chooses it in 0, 0.1, …, 1 by "
         "always-request NDCG@10 on the validation stream and keeps LSC4Rec's α = 0.5 as a "
-        "reference row; a number fixes it",
+        "reference row; a number fixes it. With age_lsc4rec, 'auto' chooses each list-age "
+        "bucket's α in the same grid on the validation states of that age",
     )
     group.add_argument(
         "--rates", type=_csv(float), default=(0.05, 0.1, 0.2, 0.3, 0.5, 0.8), help="target rates"
@@ -231,11 +238,11 @@ def _learned_features(args: argparse.Namespace) -> dict:
 
 def _alphas(args: argparse.Namespace) -> tuple[float, ...]:
     """The α candidates: all of ALPHAS for 'auto', the one given, none for other fusions."""
-    if args.fusion != "lsc4rec":
+    if args.fusion not in ALPHA_FUSIONS:
         if args.alpha != "auto":
-            raise ValueError(f"--alpha applies to the lsc4rec fusion, not {args.fusion!r}")
+            raise ValueError(f"--alpha applies to the lsc4rec fusions, not {args.fusion!r}")
         return ()
-    return ALPHAS if args.alpha == "auto" else (args.alpha,)
+    return DEFAULT_ALPHAS if args.alpha == "auto" else (args.alpha,)
 
 
 def run(args: argparse.Namespace) -> int:

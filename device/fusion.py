@@ -210,6 +210,57 @@ class AgeAlphaFusion(Fusion):
         return alpha * rank_term + (1.0 - alpha) * sigmoid(srm)
 
 
+# The learned fusion's per-candidate features: both models' views of the item in its list,
+# and the same four scaled by the list's age (min(age, AGE_CAP) / AGE_CAP), so that how much
+# each view counts can change as the list ages.
+BASE_FEATURES = ("llm_rank", "llm_logprob", "srm_prob", "srm_rank")
+FUSION_FEATURES = BASE_FEATURES + tuple(f"age*{name}" for name in BASE_FEATURES)
+AGE_CAP = 10  # ages at or past this count as this old
+
+
+def fusion_features(
+    llm: np.ndarray, srm: np.ndarray, valid: np.ndarray, age: np.ndarray
+) -> np.ndarray:
+    """`[U, N, F]` the `FUSION_FEATURES` of every slot (values in [0, 1]; any at invalid
+    slots): LLM rank term `1 − j/n`, the LLM log-probability min-max scaled in the list,
+    `σ(s)`, SRM rank term `1 − r/n`, then each times the scaled age."""
+    r_llm, r_srm, n = list_ranks(srm, valid)
+    count = np.maximum(n, 1)[:, None]
+    base = np.stack(
+        [1.0 - r_llm / count, _minmax(llm, valid), sigmoid(srm), 1.0 - r_srm / count], axis=-1
+    )  # [U, N, 4]
+    scaled = (np.minimum(np.maximum(age, 0), AGE_CAP) / AGE_CAP)[:, None, None]  # [U, 1, 1]
+    return np.concatenate([base, base * scaled], axis=-1)
+
+
+@dataclass(frozen=True)
+class LearnedFusion(Fusion):
+    """A linear scorer over `FUSION_FEATURES`: `w · φ(slot)`, one dot product per candidate.
+
+    The weights are fitted on the validation stream to put the clicked item first (listwise
+    softmax loss; `simulations.request_rate.fusion_fit`). The age terms let it move weight
+    from the LLM's order to the SRM's as the list ages, by as much as the data says.
+    """
+
+    name: ClassVar[str] = "learned"
+    weights: tuple[float, ...] = (1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # LSC4Rec α = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        if len(self.weights) != len(FUSION_FEATURES):
+            raise ValueError(
+                f"need {len(FUSION_FEATURES)} weights ({', '.join(FUSION_FEATURES)}), "
+                f"got {len(self.weights)}"
+            )
+        if not all(np.isfinite(self.weights)):
+            raise ValueError(f"weights must be finite, got {self.weights}")
+
+    def fuse(
+        self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray, age: np.ndarray
+    ) -> np.ndarray:
+        return fusion_features(llm, srm, valid, age) @ np.asarray(self.weights)
+
+
 def age_bucket_labels(ages: Sequence[int]) -> list[str]:
     """ "0", "1", "2–3", "7+": the ages each bucket covers."""
     labels = []
@@ -323,6 +374,7 @@ class SRMOnlyFusion(Fusion):
 FUSIONS: dict[str, type[Fusion]] = {
     RankSigmoidFusion.name: RankSigmoidFusion,
     AgeAlphaFusion.name: AgeAlphaFusion,
+    LearnedFusion.name: LearnedFusion,
     ScoreBlendFusion.name: ScoreBlendFusion,
     ReciprocalRankFusion.name: ReciprocalRankFusion,
     LLMOnlyFusion.name: LLMOnlyFusion,

@@ -24,7 +24,12 @@ FAMILIES = ("random", "periodic", "consistency", "learned")
 LEARNED_LABELS = ("rank", "ndcg")  # one learned curve per label (device.policies.learned)
 CALIBRATED = ("consistency", "learned")
 CONTROL_SUFFIX = "+control"  # a chosen policy under the per-device rate controller
-REFERENCES = ("never", "always", "llm_only", "srm_only", "always_alpha_0.5")
+# never_llm_order: the held list untouched (the LLM's order, clicked items removed), beside
+# never (fused), so the device's share between requests is always visible
+REFERENCES = ("never", "never_llm_order", "always", "llm_only", "srm_only", "always_alpha_0.5")
+AUTO_FUSION = "auto"  # choose among one α, α per age bucket and the learned fusion
+ALPHA_FUSIONS = ("lsc4rec", "age_lsc4rec", AUTO_FUSION)  # fusions whose α comes from `alphas`
+DEFAULT_ALPHAS = tuple(i / 10 for i in range(11))  # the α grid when `auto` is given none
 METRICS = tuple(f"{m}@{k}" for m in ("NDCG", "HR") for k in KS)
 
 
@@ -36,7 +41,9 @@ class RequestRateConfig:
     families: tuple[str, ...] = FAMILIES  # policy curves to sweep
     measures: tuple[str, ...] = ("rank_diff", "kendall", "topk", "rbo")  # consistency curves
     fusion: str = "lsc4rec"  # the device's fusion (device.fusion.FUSIONS)
-    alphas: tuple[float, ...] = ()  # lsc4rec fusion: choose α among these on validation (() = 0.5)
+    # lsc4rec fusion: choose α among these on validation (() = 0.5); age_lsc4rec: one α per
+    # list-age bucket, each chosen among these
+    alphas: tuple[float, ...] = ()
     seed: int = 0  # policies' random streams, calibration ties and bootstrap draws
     bootstrap_draws: int = 1000  # user resamples per interval
     confidence: float = 0.95  # coverage of the intervals
@@ -63,8 +70,10 @@ class RequestRateConfig:
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
         object.__setattr__(self, "learned_surprise", tuple(self.learned_surprise))
         self.features()  # validates the surprise names
-        if self.alphas and (self.fusion != "lsc4rec" or not all(0 <= a <= 1 for a in self.alphas)):
-            raise ValueError("alphas need the lsc4rec fusion and values in [0, 1]")
+        if self.alphas and (
+            self.fusion not in ALPHA_FUSIONS or not all(0 <= a <= 1 for a in self.alphas)
+        ):
+            raise ValueError(f"alphas need a fusion in {ALPHA_FUSIONS} and values in [0, 1]")
         if not self.target_rates or not all(0.0 <= r <= 1.0 for r in self.target_rates):
             raise ValueError(f"target_rates must be in [0, 1], got {self.target_rates}")
         for family in self.families:
@@ -74,8 +83,9 @@ class RequestRateConfig:
             if measure not in REQUEST_MEASURES:
                 valid = ", ".join(REQUEST_MEASURES)
                 raise ValueError(f"unknown measure {measure!r}; valid: {valid}")
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {self.fusion!r}; valid: {', '.join(FUSIONS)}")
+        if self.fusion not in FUSIONS and self.fusion != AUTO_FUSION:
+            valid = ", ".join([*FUSIONS, AUTO_FUSION])
+            raise ValueError(f"unknown fusion {self.fusion!r}; valid: {valid}")
         if self.control_gain is not None and self.control_gain < 0:
             raise ValueError(f"control_gain must be >= 0, got {self.control_gain}")
         if self.bootstrap_draws < 1 or self.calibration_steps < 1:

@@ -7,12 +7,14 @@ from typing import Any
 
 import numpy as np
 
+from device.fusion import Fusion
 from device.policies import RandomPolicy
 from shared.progress import progress_bar, progress_write
 from simulations.replay import (
     ReplayData,
     ReplayResult,
 )
+from simulations.request_rate.ages import never_by_age, policy_by_age
 from simulations.request_rate.auc import auc_table
 from simulations.request_rate.calibration import fit_learned
 from simulations.request_rate.config import CONTROL_SUFFIX, RequestRateConfig
@@ -110,6 +112,7 @@ def run_request_rate(
     goal = goal_check(rows, results, points, indices, config, random_at)
     notes["rate_control"] = rate_control(rows, results, points, indices, config)
     notes["reference_gaps"] = reference_gaps(results, points, indices, config.confidence)
+    notes["list_age"] = list_age_notes(test, fusion, points, results, indices, config)
     if config.auc_draws:
         progress_write("scoring every request measure's AUC on the test stream", enabled=progress)
         features = config.features()
@@ -179,6 +182,30 @@ def rate_control(
     return out
 
 
+AGE_TABLE_RATE = 0.1  # the per-age table also shows the policy chosen at this rate
+
+
+def list_age_notes(
+    test: ReplayData,
+    fusion: Fusion,
+    points: list[PolicyPoint],
+    results: list[ReplayResult],
+    indices: np.ndarray,
+    config: RequestRateConfig,
+) -> dict[str, Any]:
+    """The per-age table (simulations.request_rate.ages) on the test stream: at never, and for
+    the policy chosen at `AGE_TABLE_RATE` when the sweep has one."""
+    notes: dict[str, Any] = {"never": never_by_age(test, fusion, indices, config.confidence)}
+    best = (
+        best_calibrated(points, AGE_TABLE_RATE) if AGE_TABLE_RATE in config.target_rates else None
+    )
+    if best is not None:
+        notes["policy"] = f"{points[best].family} at target rate {AGE_TABLE_RATE:g}"
+        notes["policy_rate"] = results[best].request_rate
+        notes["by_age"] = policy_by_age(test, fusion, results[best])
+    return notes
+
+
 def reference_gaps(
     results: list[ReplayResult], points: list[PolicyPoint], indices: np.ndarray, confidence: float
 ) -> dict[str, list[float]]:
@@ -190,7 +217,7 @@ def reference_gaps(
     """
     user_ndcg = {p.family: r.user_metrics()["NDCG@10"] for p, r in zip(points, results)}
     pairs = (("always", "never"), ("always", "llm_only"), ("always", "srm_only"))
-    pairs += (("always", "always_alpha_0.5"),)
+    pairs += (("always", "always_alpha_0.5"), ("never", "never_llm_order"))
     return {
         f"{a}-{b}": list(paired_difference(user_ndcg[a], user_ndcg[b], indices, confidence))
         for a, b in pairs

@@ -7,7 +7,16 @@ from typing import Any
 
 import numpy as np
 
-from device.fusion import Fusion, LLMOnlyFusion, RankSigmoidFusion, build_fusion
+from device.fusion import (
+    AGE_BUCKETS,
+    AgeAlphaFusion,
+    Fusion,
+    LearnedFusion,
+    LLMOnlyFusion,
+    RankSigmoidFusion,
+    age_bucket_labels,
+    build_fusion,
+)
 from device.policies import (
     AlwaysPolicy,
     ConsistencyPolicy,
@@ -33,7 +42,14 @@ from simulations.request_rate.calibration import (
     simulate_controlled,
     simulate_rule,
 )
-from simulations.request_rate.config import CONTROL_SUFFIX, LEARNED_LABELS, RequestRateConfig
+from simulations.request_rate.config import (
+    AUTO_FUSION,
+    CONTROL_SUFFIX,
+    DEFAULT_ALPHAS,
+    LEARNED_LABELS,
+    RequestRateConfig,
+)
+from simulations.request_rate.fusion_fit import fit_learned_fusion
 from simulations.request_rate.states import feature_rows, measure_table, reachable
 
 # ---------------------------------------------------------------- the points
@@ -108,13 +124,86 @@ def always_ndcg10(valid: ReplayData, fusion: Fusion) -> float:
 
 
 def choose_fusion(valid: ReplayData, config: RequestRateConfig) -> tuple[Fusion, dict[str, Any]]:
-    """The device's fusion: with `config.alphas`, LSC4Rec's fusion with the α whose
-    always-request NDCG@10 on the validation stream is best (ties: the one nearest 0.5)."""
+    """The device's fusion, chosen on the validation stream.
+
+    - `lsc4rec` with `config.alphas`: the α whose always-request NDCG@10 is best (ties: the
+      one nearest 0.5) — LSC4Rec's fusion, tuned for fresh lists;
+    - `age_lsc4rec`: one α per list-age bucket, each the best on the validation states whose
+      held list has that age (every step t with every list j <= t made before it, age t − j;
+      ties: nearest 0.5). Buckets are independent, so each choice is exact on its states;
+    - `learned`: `LearnedFusion` fitted on those states (`fusion_fit`);
+    - `auto`: the best of one α for every age, `age_lsc4rec` and `learned`, by NDCG@10 over
+      all those states.
+    """
+    if config.fusion == AUTO_FUSION:
+        return choose_best_fusion(valid, config.alphas or DEFAULT_ALPHAS)
+    if config.fusion == LearnedFusion.name:
+        return fit_learned_fusion(valid)
     if not config.alphas:
         return build_fusion(config.fusion), {}
+    if config.fusion == AgeAlphaFusion.name:
+        return choose_age_alphas(valid, config.alphas)
     scores = {a: always_ndcg10(valid, RankSigmoidFusion(alpha=a)) for a in config.alphas}
     best = max(scores, key=lambda a: (scores[a], -abs(a - 0.5)))
     return RankSigmoidFusion(alpha=best), {"alpha": best, "valid_ndcg10_by_alpha": scores}
+
+
+def all_states_ndcg10(data: ReplayData, fusion: Fusion) -> float:
+    """NDCG@10 over every (step t, list j <= t) state: every age a held list can reach."""
+    steps, held = age_states(data)
+    return float(ndcg(data.fused_ranks(fusion)[:, steps, held], 10).mean())
+
+
+def choose_best_fusion(
+    valid: ReplayData, alphas: tuple[float, ...]
+) -> tuple[Fusion, dict[str, Any]]:
+    """The best of three fusions by validation NDCG@10 over all states (`all_states_ndcg10`):
+    one α for every age (chosen on those states), one α per age bucket, the learned fusion."""
+    by_alpha = {a: all_states_ndcg10(valid, RankSigmoidFusion(alpha=a)) for a in alphas}
+    alpha = max(by_alpha, key=lambda a: (by_alpha[a], -abs(a - 0.5)))
+    age, age_notes = choose_age_alphas(valid, alphas)
+    learned, learned_notes = fit_learned_fusion(valid)
+    candidates = {"lsc4rec": RankSigmoidFusion(alpha=alpha), "age_lsc4rec": age, "learned": learned}
+    scores = {name: all_states_ndcg10(valid, f) for name, f in candidates.items()}
+    chosen = max(scores, key=scores.get)
+    notes = {
+        "chosen": chosen,
+        "valid_ndcg10_all_states": scores,
+        "lsc4rec": {"alpha": alpha, "valid_ndcg10_by_alpha": by_alpha},
+        "age_lsc4rec": age_notes,
+        "learned": learned_notes,
+    }
+    return candidates[chosen], notes
+
+
+def age_states(data: ReplayData) -> tuple[np.ndarray, np.ndarray]:
+    """The (step t, list j <= t) pairs of a stream and their ages `t − j`, as two `[P]` index
+    arrays into `[T, T]` (every held list the stream can show)."""
+    steps, held = np.nonzero(np.tri(data.window, dtype=bool))
+    return steps, held
+
+
+def choose_age_alphas(
+    valid: ReplayData, alphas: tuple[float, ...], ages: tuple[int, ...] = AGE_BUCKETS
+) -> tuple[AgeAlphaFusion, dict[str, Any]]:
+    """`AgeAlphaFusion` with each bucket's α chosen on the validation states of that age."""
+    steps, held = age_states(valid)
+    age = steps - held
+    bucket = np.searchsorted(ages, age, side="right") - 1  # [P]
+    by_alpha = {}
+    for a in alphas:
+        ndcg10 = ndcg(valid.fused_ranks(RankSigmoidFusion(alpha=a))[:, steps, held], 10)  # [U, P]
+        by_alpha[a] = [float(ndcg10[:, bucket == b].mean()) for b in range(len(ages))]
+    chosen = tuple(
+        max(alphas, key=lambda a, b=b: (by_alpha[a][b], -abs(a - 0.5))) for b in range(len(ages))
+    )
+    notes = {
+        "alphas": list(chosen),
+        "ages": list(ages),
+        "age_buckets": age_bucket_labels(ages),
+        "valid_ndcg10_by_alpha_and_bucket": by_alpha,
+    }
+    return AgeAlphaFusion(alphas=chosen, ages=ages), notes
 
 
 def build_points(
@@ -166,11 +255,13 @@ def build_points(
 
 
 def reference_points(config: RequestRateConfig, fusion: Fusion | None = None) -> list[PolicyPoint]:
-    """never, always (fused), LLM-only at always, SRM-only without cloud; with a chosen α,
-    also always with LSC4Rec's α = 0.5."""
+    """never (fused) and never in the LLM's order (the held list untouched), always (fused),
+    LLM-only at always, SRM-only without cloud; with a chosen α, also always with LSC4Rec's
+    α = 0.5."""
     fusion = build_fusion(config.fusion) if fusion is None else fusion
     points = [
         PolicyPoint("never", NeverPolicy(seed=config.seed), fusion),
+        PolicyPoint("never_llm_order", NeverPolicy(seed=config.seed), LLMOnlyFusion()),
         PolicyPoint("always", AlwaysPolicy(seed=config.seed), fusion),
         PolicyPoint("llm_only", AlwaysPolicy(seed=config.seed), LLMOnlyFusion()),
         PolicyPoint("srm_only", None),

@@ -14,6 +14,7 @@ from simulations.plots import plot_request_rate
 from simulations.replay import (
     ReplayResult,
 )
+from simulations.request_rate.ages import ages_markdown
 from simulations.request_rate.auc import auc_markdown
 from simulations.request_rate.config import RequestRateConfig
 from simulations.request_rate.experiment import ExperimentResult
@@ -108,11 +109,17 @@ def rate_control_markdown(entries: list[dict[str, Any]]) -> str:
 def gaps_markdown(gaps: dict[str, list[float]]) -> str:
     """The reference gaps as lines `always − never: +0.0123 [+0.0100, +0.0150]`."""
     lines = [
-        f"- NDCG@10 {name.replace('-', ' − ').replace('_alpha_', ' α=')}: "
-        f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}] (paired, users)"
+        f"- NDCG@10 {_plain_gap_name(name)}: {m:+.4f} [{lo:+.4f}, {hi:+.4f}] (paired, users)"
         for name, (m, lo, hi) in gaps.items()
     ]
     return "\n".join(lines) + "\n"
+
+
+def _plain_gap_name(name: str) -> str:
+    """`always-always_alpha_0.5` as "always − always α=0.5", `never_llm_order` as
+    "never (LLM order)"."""
+    name = name.replace("-", " − ").replace("_alpha_", " α=")
+    return name.replace("never_llm_order", "never (LLM order)")
 
 
 def write_outputs(
@@ -143,6 +150,11 @@ def write_outputs(
     text = title + markdown_table(experiment.rows) + "\n\n## Goal check\n\n"
     text += goal_markdown(experiment.goal, config.goal_ratio) + "\n\n"
     text += gaps_markdown(experiment.notes.get("reference_gaps", {}))
+    if experiment.notes.get("list_age"):
+        ages = experiment.notes["list_age"]
+        text += "\n## NDCG@10 by list age: LLM order, SRM order, fused (test stream)\n\n"
+        label = f"{ages.get('policy', '')} (rate {ages.get('policy_rate', float('nan')):.3f})"
+        text += ages_markdown(ages["never"], ages.get("by_age", []), label)
     if experiment.notes.get("rate_control"):
         text += "\n## The per-device rate controller (test stream)\n\n"
         text += rate_control_markdown(experiment.notes["rate_control"]) + "\n"

@@ -18,7 +18,7 @@ import torch
 from cli.main import main
 from device.bundle import BundleError, BundleSettings, load_bundle
 from device.driver import run_stream
-from device.fusion import RankSigmoidFusion
+from device.fusion import AgeAlphaFusion, RankSigmoidFusion
 from device.policies import BudgetPolicy, FeatureConfig, LearnedPolicy, LogisticRegression
 from device.policies.spec import policy_to_dict
 from device.policies.surprise import CLICK_COLUMNS
@@ -32,6 +32,8 @@ from simulations.bundle_export import export_device_bundle
 ROOT = Path(__file__).resolve().parents[2]
 NUM_ITEMS = 120  # the served tiny generator's catalogue
 ITEM_IDS = [""] + [f"item-{i}" for i in range(1, NUM_ITEMS + 1)]
+# An age-aware fusion: the bundle must carry its per-age weights and the device apply them.
+AGE_FUSION = AgeAlphaFusion(alphas=(0.9, 0.7, 0.5, 0.3, 0.1))
 
 
 def learned_policy() -> BudgetPolicy:
@@ -53,7 +55,7 @@ def srm(tiny_ttt4rec):
 def bundle_dir(srm, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("bundle") / "device"
     export_device_bundle(
-        folder, srm, learned_policy(), RankSigmoidFusion(alpha=0.7), BundleSettings(5, 8, 10),
+        folder, srm, learned_policy(), AGE_FUSION, BundleSettings(5, 8, 10),
         ITEM_IDS, generator_version="gen-v1", notes={"target_rate": 0.2},
     )  # fmt: skip
     return folder
@@ -66,7 +68,7 @@ def copy_of(bundle_dir: Path, tmp_path: Path) -> Path:
 def test_bundle_holds_the_policy_fusion_and_settings_it_was_given(bundle_dir):
     bundle = load_bundle(bundle_dir, NUM_ITEMS, catalogue_digest(ITEM_IDS[1:]))
     assert policy_to_dict(bundle.policy) == policy_to_dict(learned_policy())
-    assert bundle.fusion == RankSigmoidFusion(alpha=0.7)
+    assert bundle.fusion == AGE_FUSION
     assert bundle.settings == BundleSettings(5, 8, 10)
     assert bundle.num_items == NUM_ITEMS
     assert sorted(p.name for p in bundle_dir.iterdir()) == sorted(
@@ -82,7 +84,7 @@ def test_a_bundle_session_shows_what_the_torch_device_shows(bundle_dir, srm):
     history = [7, 44, 3, 90]
     from_bundle = bundle.session(11, history, listed)
     by_hand = DeviceSession(make_runner(srm), learned_policy().spawn(11),
-                            RankSigmoidFusion(alpha=0.7), SessionConfig(5, 8), history, listed)  # fmt: skip
+                            AGE_FUSION, SessionConfig(5, 8), history, listed)  # fmt: skip
     for click in (12, 5, 60, 2, 33, 8, 71):
         assert from_bundle.needs_refresh() == by_hand.needs_refresh()
         np.testing.assert_allclose(from_bundle.srm_logits(), by_hand.srm_logits(), atol=1e-4)
@@ -134,7 +136,7 @@ def test_a_bundle_for_another_catalogue_is_refused(bundle_dir):
 def test_inspect_device_cli(bundle_dir, tmp_path, capsys):
     assert main(["inspect-device", str(bundle_dir)]) == 0
     out = capsys.readouterr().out
-    assert "policy: learned(0.4)+budget(2/4)" in out and "alpha=0.7" in out
+    assert "policy: learned(0.4)+budget(2/4)" in out and "alphas=(0.9, 0.7, 0.5, 0.3, 0.1)" in out
     folder = copy_of(bundle_dir, tmp_path)
     (folder / "device.json").write_text("{}")
     assert main(["inspect-device", str(folder)]) == 2
@@ -209,7 +211,7 @@ def test_a_device_without_torch_runs_the_bundle_against_a_real_server(
         # the same device in this process, on the torch model, against the same server
         client = CandidateClient(ClientConfig(target=target, timeout_s=10.0, total_timeout_s=20.0))
         session = DeviceSession(make_runner(srm), learned_policy().spawn(7),
-                                RankSigmoidFusion(alpha=0.7), SessionConfig(5, 8), history)  # fmt: skip
+                                AGE_FUSION, SessionConfig(5, 8), history)  # fmt: skip
         session.update_candidates(client.fetch(session.history[-8:], n=10).candidates)
         with torch.no_grad():
             record = run_stream(

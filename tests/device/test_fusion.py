@@ -145,7 +145,9 @@ def test_sigmoid_is_stable_for_large_logits():
 
 
 def test_registry_and_validation():
-    assert set(FUSIONS) == {"lsc4rec", "age_lsc4rec", "blend", "rrf", "llm_only", "srm_only"}
+    assert set(FUSIONS) == {
+        "lsc4rec", "age_lsc4rec", "learned", "blend", "rrf", "llm_only", "srm_only"
+    }  # fmt: skip
     assert build_fusion("lsc4rec", alpha=1 / 3).alpha == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="unknown fusion 'nope'"):
         build_fusion("nope")

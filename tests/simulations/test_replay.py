@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from device.fusion import AgeAlphaFusion, LLMOnlyFusion, RankSigmoidFusion, rerank
+from device.fusion import (
+    AgeAlphaFusion,
+    LearnedFusion,
+    LLMOnlyFusion,
+    RankSigmoidFusion,
+    rerank,
+)
 from device.policies import (
     AlwaysPolicy,
     ConsistencyPolicy,
@@ -229,10 +235,16 @@ def test_device_sessions_give_the_fast_replay_records(srm, data, policy):
     assert 0.0 < fast.request_rate < 1.0
 
 
-def test_device_sessions_give_the_fast_replay_records_with_an_age_aware_fusion(srm, data):
+AGE_AWARE = [
+    AgeAlphaFusion(alphas=(0.9, 0.6, 0.3, 0.1, 0.0)),
+    LearnedFusion(weights=(2.0, 1.0, 0.5, 0.2, -2.0, -1.0, 3.0, 1.0)),
+]
+
+
+@pytest.mark.parametrize("fusion", AGE_AWARE, ids=lambda f: f.name)
+def test_device_sessions_give_the_fast_replay_records_with_an_age_aware_fusion(srm, data, fusion):
     """The session's list age (clicks since the list was made) is the replay's t − j."""
     policy = RandomPolicy(p=0.3, seed=4)
-    fusion = AgeAlphaFusion(alphas=(0.9, 0.6, 0.3, 0.1, 0.0))
     fast = replay(data, policy, fusion)
     via_model = replay_sessions(data, policy, fusion, runner_factory=lambda row: make_runner(srm))
     np.testing.assert_array_equal(via_model.requested, fast.requested)

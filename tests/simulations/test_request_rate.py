@@ -151,23 +151,39 @@ def test_sweep_writes_tables_and_plot(streams, tmp_path):
     labels = [row["policy"] for row in experiment.rows]
     for family in ("random", "periodic", "consistency[kendall]", "learned"):
         assert family in labels
-    assert labels[-4:] == ["never", "always", "llm_only", "srm_only"]
+    assert labels[-5:] == ["never", "never_llm_order", "always", "llm_only", "srm_only"]
     rows = {row["policy"]: row for row in experiment.rows if row["target_rate"] in (None, 0.3)}
     assert rows["never"]["request_rate"] == 0.0 and rows["always"]["request_rate"] == 1.0
     for row in experiment.rows:
         assert row["NDCG@10_lo"] <= row["NDCG@10"] <= row["NDCG@10_hi"]
     assert [g["target_rate"] for g in experiment.goal] == [0.1, 0.3]
     gaps = experiment.notes["reference_gaps"]
-    assert set(gaps) == {"always-never", "always-llm_only", "always-srm_only"}
+    assert set(gaps) == {
+        "always-never", "always-llm_only", "always-srm_only", "never-never_llm_order"
+    }  # fmt: skip
     always_never = gaps["always-never"]
     assert always_never[0] == pytest.approx(rows["always"]["NDCG@10"] - rows["never"]["NDCG@10"])
+    device_share = rows["never"]["NDCG@10"] - rows["never_llm_order"]["NDCG@10"]
+    assert gaps["never-never_llm_order"][0] == pytest.approx(device_share)
+    # the per-age table: at never, age a is step a of the initial list; its mean over ages is
+    # the never row (every user holds list 0 at every step)
+    by_age = experiment.notes["list_age"]["never"]
+    assert [r["age"] for r in by_age] == list(range(test.window))
+    fused = np.mean([r["fused_NDCG@10"] for r in by_age])
+    assert fused == pytest.approx(rows["never"]["NDCG@10"])
+    llm = np.mean([r["llm_order_NDCG@10"] for r in by_age])
+    assert llm == pytest.approx(rows["never_llm_order"]["NDCG@10"])
+    policy = experiment.notes["list_age"]["by_age"]
+    assert sum(r["states"] for r in policy) == test.num_users * test.window
     paths = write_outputs(experiment, tmp_path, config, {"dataset": "tiny"})
     with open(paths["csv"]) as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == len(experiment.rows) and "HR@20_hi" in table[0]
     payload = json.loads(paths["json"].read_text())
     assert payload["config"]["target_rates"] == [0.1, 0.3] and payload["goal"]
-    assert "| never |" in paths["md"].read_text() and "always − never" in paths["md"].read_text()
+    text = paths["md"].read_text()
+    assert "| never |" in text and "always − never" in text and "never − never (LLM order)" in text
+    assert "## NDCG@10 by list age" in text
     assert paths["png"].stat().st_size > 10_000
     records = np.load(paths["records"])
     assert records["ranks"].shape == (len(experiment.rows), test.num_users, test.window)
@@ -250,10 +266,37 @@ def test_alpha_chosen_on_validation_keeps_lsc4rec_as_a_reference(streams):
     assert fusion.alpha == notes["alpha"] and scores[fusion.alpha] == max(scores.values())
     experiment = run_request_rate(test, valid, config)
     labels = [row["policy"] for row in experiment.rows]
-    assert labels[-5:] == ["never", "always", "llm_only", "srm_only", "always_alpha_0.5"]
+    assert labels[-6:] == [
+        "never", "never_llm_order", "always", "llm_only", "srm_only", "always_alpha_0.5"
+    ]  # fmt: skip
     assert "always-always_alpha_0.5" in experiment.notes["reference_gaps"]
-    with pytest.raises(ValueError, match="alphas need the lsc4rec fusion"):
+    with pytest.raises(ValueError, match="alphas need a fusion in"):
         RequestRateConfig(fusion="rrf", alphas=(0.5,))
+
+
+def test_age_alphas_are_each_the_best_on_the_validation_states_of_their_age(streams):
+    """Brute force: for every bucket, no α of the grid beats the chosen one on the states of
+    that age (every step t with every list j <= t)."""
+    from device.fusion import AgeAlphaFusion, RankSigmoidFusion
+    from shared.metrics import ndcg
+    from simulations.request_rate import choose_fusion
+
+    valid, _ = streams
+    alphas = (0.0, 0.25, 0.5, 0.75, 1.0)
+    config = RequestRateConfig(fusion="age_lsc4rec", alphas=alphas, target_rates=(0.3,))
+    fusion, notes = choose_fusion(valid, config)
+    assert isinstance(fusion, AgeAlphaFusion) and notes["alphas"] == list(fusion.alphas)
+    ages = np.subtract.outer(np.arange(valid.window), np.arange(valid.window))  # [T, T] t − j
+    bucket_of = np.searchsorted(fusion.ages, np.maximum(ages, 0), side="right") - 1
+    for b, chosen in enumerate(fusion.alphas):
+        states = (ages >= 0) & (bucket_of == b)
+
+        def score(a, states=states):
+            ranks = valid.fused_ranks(RankSigmoidFusion(alpha=a))[:, states]
+            return float(ndcg(ranks, 10).mean())
+
+        assert score(chosen) >= max(score(a) for a in alphas) - 1e-12
+        assert notes["valid_ndcg10_by_alpha_and_bucket"][chosen][b] == pytest.approx(score(chosen))
 
 
 def test_gap_share_is_the_ratio_of_paired_means():
@@ -329,3 +372,55 @@ def test_cli_alpha_and_calibration_models(saved_models, tmp_path, capsys):
     assert main(cli_args(saved_models, *base, *calibration)) == 0
     meta = json.loads((tmp_path / "c" / "request_rate.json").read_text())["meta"]
     assert meta["calibration_models"] == [str(saved_models / "llm"), str(saved_models / "srm")]
+
+
+def test_the_learned_fusion_fits_a_hand_made_stream_and_never_shows_invalid_slots():
+    """Clicks that follow the LLM's order on fresh lists and the SRM's on old ones (the
+    clicked item is the top of `(1 − a)·(1 − j/n) + a·σ(s)`, `a` the age / 10): the fitted
+    weights find most of them first, far more than any single α can."""
+    from device.fusion import (
+        FUSION_FEATURES,
+        LearnedFusion,
+        RankSigmoidFusion,
+        fusion_features,
+        sigmoid,
+    )
+    from simulations.request_rate.fusion_fit import fit_fusion
+
+    rng = np.random.default_rng(0)
+    rows, width = 800, 6
+    llm = np.sort(rng.normal(size=(rows, width)), axis=1)[:, ::-1].copy()
+    srm = 3 * rng.normal(size=(rows, width))
+    valid = np.ones((rows, width), dtype=bool)
+    age = rng.integers(0, 11, size=rows)
+    a = (age / 10)[:, None]
+    target = ((1 - a) * (1 - np.arange(width) / width) + a * sigmoid(srm)).argmax(axis=1)
+    features = fusion_features(llm, srm, valid, age).astype(np.float32)
+    weights, loss = fit_fusion(features, valid, target)
+    assert len(weights) == len(FUSION_FEATURES) and np.isfinite(loss)
+    fusion = LearnedFusion(weights=tuple(weights))
+    learned = (fusion(llm, srm, valid, age).argmax(axis=1) == target).mean()
+    single = max(
+        (RankSigmoidFusion(alpha=alpha)(llm, srm, valid).argmax(axis=1) == target).mean()
+        for alpha in np.linspace(0, 1, 11)
+    )
+    assert learned > 0.85 and learned > single + 0.1
+    # padding and clicked slots are never shown, whatever the weights
+    showable = valid.copy()
+    showable[:, 0] = False
+    scores = fusion(llm, srm, showable, age)
+    assert np.isneginf(scores[:, 0]).all() and np.isfinite(scores[:, 1:]).all()
+
+
+def test_auto_chooses_the_best_of_three_fusions_on_validation(streams):
+    from simulations.request_rate import choose_fusion
+    from simulations.request_rate.points import all_states_ndcg10
+
+    valid, _ = streams
+    config = RequestRateConfig(fusion="auto", alphas=(0.0, 0.5, 1.0), target_rates=(0.3,))
+    fusion, notes = choose_fusion(valid, config)
+    scores = notes["valid_ndcg10_all_states"]
+    assert set(scores) == {"lsc4rec", "age_lsc4rec", "learned"}
+    assert fusion.name == notes["chosen"] == max(scores, key=scores.get)
+    assert scores[notes["chosen"]] == pytest.approx(all_states_ndcg10(valid, fusion))
+    assert notes["learned"]["examples"] > 0 and len(notes["learned"]["weights"]) == 8
