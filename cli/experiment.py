@@ -120,19 +120,19 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sweep")
     group.add_argument(
         "--fusion",
-        default="lsc4rec",
-        help="device fusion: lsc4rec (default), age_lsc4rec (one α per list-age bucket), "
-        "learned (a linear scorer fitted on the validation stream), auto (the best of these "
-        "three on the validation stream), or any of blend, rrf, llm_only, srm_only",
+        default="auto",
+        help="device fusion: auto (default: the best on the validation stream of lsc4rec "
+        "with one α, age_lsc4rec with one α per list-age bucket, and learned, a linear "
+        "scorer fitted there), or any one of those, blend, rrf, llm_only, srm_only",
     )
     group.add_argument(
         "--alpha",
         type=_alpha,
         default="auto",
-        help="the lsc4rec fusion's α: 'auto' (default) chooses it in 0, 0.1, …, 1 by "
-        "always-request NDCG@10 on the validation stream and keeps LSC4Rec's α = 0.5 as a "
-        "reference row; a number fixes it. With age_lsc4rec, 'auto' chooses each list-age "
-        "bucket's α in the same grid on the validation states of that age",
+        help="the lsc4rec fusions' α: 'auto' (default) chooses it in 0, 0.1, …, 1 on the "
+        "validation stream (lsc4rec alone: by always-request NDCG@10; age_lsc4rec: each "
+        "list-age bucket's α on the states of that age) and keeps LSC4Rec's α = 0.5 as a "
+        "reference row; a number fixes the grid to it",
     )
     group.add_argument(
         "--rates", type=_csv(float), default=(0.05, 0.1, 0.2, 0.3, 0.5, 0.8), help="target rates"

@@ -186,7 +186,10 @@ def age_states(data: ReplayData) -> tuple[np.ndarray, np.ndarray]:
 def choose_age_alphas(
     valid: ReplayData, alphas: tuple[float, ...], ages: tuple[int, ...] = AGE_BUCKETS
 ) -> tuple[AgeAlphaFusion, dict[str, Any]]:
-    """`AgeAlphaFusion` with each bucket's α chosen on the validation states of that age."""
+    """`AgeAlphaFusion` with each bucket's α chosen on the validation states of that age
+    (buckets that start past the stream's longest age are dropped: the last one kept covers
+    every older list)."""
+    ages = tuple(a for a in ages if a < valid.window)
     steps, held = age_states(valid)
     age = steps - held
     bucket = np.searchsorted(ages, age, side="right") - 1  # [P]
