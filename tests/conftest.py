@@ -84,3 +84,16 @@ def _restore_logging():
         logger.handlers[:], logger.propagate = handlers, propagate
         logger.setLevel(level)
     logging.captureWarnings(False)
+
+
+@pytest.fixture
+def manifest_warnings():
+    """The records the manifest check logs (`lsc4rec.manifest`), whoever else handles them
+    (pytest's log capture or Python's last-resort handler)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("lsc4rec.manifest")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)

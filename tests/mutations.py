@@ -57,6 +57,9 @@ FEATURES = ("tests/device/test_policies.py", "tests/simulations/test_policy_feat
 LAYERS = ("tests/test_layers.py",)
 GUARDS = ("tests/cloud/test_server.py",)
 ONNX = ("tests/device/test_onnx.py",)
+EXCLUSION = ("tests/cloud/test_server.py", "tests/simulations/test_replay.py")
+FUSION = ("tests/device/test_fusion.py",)
+STARTUP = ("tests/cloud/test_startup.py",)
 
 MUTATIONS = (
     Mutation(
@@ -110,10 +113,31 @@ MUTATIONS = (
     ),
     Mutation(
         "top-N excludes only the last max_len clicks",
-        "cloud/item_lm.py",
-        "log_probs[row, torch.from_numpy(history - 1)]",
-        "log_probs[row, torch.from_numpy(history[-self.config.max_len :] - 1)]",
+        "cloud/base.py",
+        "return [np.unique(h) for h in histories]",
+        "return [np.unique(h[-self.config.max_len :]) for h in histories]",
         ITEM_LM,
+    ),
+    Mutation(
+        "a request's exclusion is ignored",
+        "cloud/base.py",
+        "items = np.union1d(history, extra)",
+        "items = np.unique(history)",
+        EXCLUSION,
+    ),
+    Mutation(
+        "the age-aware fusion ignores the list's age",
+        "device/fusion.py",
+        "alpha = self.alpha_of(age)[:, None]  # [U, 1]",
+        "alpha = self.alpha_of(np.zeros_like(age))[:, None]  # [U, 1]",
+        FUSION,
+    ),
+    Mutation(
+        "a model folder is loaded without checking its manifest",
+        "shared/manifest.py",
+        "return verify_manifest(folder, kind, (MODEL_FOLDER_VERSION,), unread=UNREAD_FILES)",
+        "return None",
+        STARTUP,
     ),
     Mutation(
         "top-N from the state before the last click",

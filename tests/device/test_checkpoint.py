@@ -66,11 +66,10 @@ def test_save_writes_a_manifest_and_a_changed_file_is_refused(tmp_path):
         load_srm(tmp_path)
 
 
-def test_a_folder_from_before_manifests_loads_with_one_warning(saved, capfd):
-    capfd.readouterr()
+def test_a_folder_from_before_manifests_loads_with_one_warning(saved, manifest_warnings):
     assert load_srm(saved).name == "sasrec"
-    err = capfd.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "written before manifests" in err[0]
+    [warning] = manifest_warnings
+    assert "written before manifests" in warning.getMessage()
 
 
 def test_truncated_weights_are_unreadable(saved):
