@@ -411,6 +411,8 @@ def check_bindable(address: str) -> None:
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)  # fmt: skip
+        if host in ("", "::"):  # gRPC falls back to 0.0.0.0 where IPv6 is off
+            infos += socket.getaddrinfo("0.0.0.0", port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
         raise BindError(
             f"cannot listen on {address}: host {host!r} does not resolve ({err.strerror})"
@@ -426,12 +428,12 @@ def check_bindable(address: str) -> None:
 
 def _try_bind(info: tuple) -> OSError | None:
     family, kind, proto, _, sockaddr = info
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
-        try:
+    try:
+        with socket.socket(family, kind, proto) as probe:  # fails where IPv6 is off
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
             probe.bind(sockaddr)
-        except OSError as err:
-            return err
+    except OSError as err:
+        return err
     return None
 
 
