@@ -38,7 +38,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from device.fusion import RankSigmoidFusion, rerank_valid
+from device.fusion import AgeAlphaFusion, LearnedFusion, RankSigmoidFusion, rerank_valid
 from device.onnx_runtime import OnnxState, OnnxTTT4Rec
 from seqrec.models.sasrec import SASRec, SASRecConfig
 from seqrec.models.ttt4rec import TTT4Rec, TTT4RecConfig
@@ -160,6 +160,34 @@ def bench_recompute(model, history, stream, candidates, args) -> tuple[float, fl
     return time_calls(click, args.iters, args.warmup)
 
 
+# The fusions a bundle may carry, with weights of the size the experiment chooses.
+FUSIONS_TIMED = (
+    RankSigmoidFusion(alpha=0.5),
+    AgeAlphaFusion(alphas=(0.8, 0.7, 0.6, 0.6, 0.3)),
+    LearnedFusion(weights=(0.2, 1.5, 0.8, 0.1, -0.4, -0.2, 0.5, 0.35)),
+)
+
+
+def bench_fusions(args: argparse.Namespace) -> list[dict]:
+    """p50 of the numpy part of a click alone, per fusion: fuse the held list of
+    `--candidates` (one slot already clicked) and take the top 10, as `DeviceSession` does."""
+    rng = np.random.default_rng(args.seed)
+    items = np.arange(1, args.candidates + 1)
+    listed = CandidateList(items, -np.sort(rng.random(args.candidates)).astype(np.float32))
+    logits = rng.normal(size=args.candidates)
+    valid = np.ones(args.candidates, dtype=bool)
+    valid[3] = False
+    rows = []
+    for fusion in FUSIONS_TIMED:
+        p50, p95 = time_calls(
+            lambda i, f=fusion: rerank_valid(listed, logits, valid, f, 10, i % 10),
+            args.iters,
+            args.warmup,
+        )
+        rows.append({"fusion": fusion.name, "p50_ms": p50, "p95_ms": p95})
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -202,6 +230,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "rows": [asdict(row) for row in rows],
         "checks": budget_checks(rows, args.lengths),
+        "fusion_rerank": bench_fusions(args),
         "settings": {key: str(value) for key, value in vars(args).items()},
         "environment": environment(),
         "ttt4rec_config": ttt.config.to_dict(),
@@ -248,6 +277,9 @@ def print_table(result: dict) -> None:
             f"{row['method']:<26}{row['history']:>8}{row['p50_ms']:>10.4f}"
             f"{row['p95_ms']:>10.4f}{row['ratio_vs_onnx']:>9.1f}"
         )
+    print(f"\n{'fusion + rerank of the list (numpy)':<40}{'p50 ms':>10}{'p95 ms':>10}")
+    for row in result["fusion_rerank"]:
+        print(f"{row['fusion']:<40}{row['p50_ms']:>10.4f}{row['p95_ms']:>10.4f}")
     print()
     for key, value in result["checks"].items():
         print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")

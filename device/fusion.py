@@ -99,10 +99,11 @@ def list_ranks(srm_logits: Any, valid: np.ndarray) -> tuple[np.ndarray, np.ndarr
     width = valid.shape[1]
     r_llm, n = llm_ranks(valid)  # [U, N], [U]
     # Invalid slots sort last; a stable sort keeps LLM order among equal logits.
-    key = np.where(valid, -np.nan_to_num(logits, nan=-_BIG, posinf=_BIG, neginf=-_BIG), np.inf)
+    clean = np.clip(logits, -_BIG, _BIG)  # ±inf as ±BIG; NaN (no opinion) as the worst
+    key = np.where(valid, -np.where(np.isnan(clean), -_BIG, clean), np.inf)
     order = np.argsort(key, axis=1, kind="stable")  # [U, N] slot indices, best SRM first
     r_srm = np.empty_like(order)
-    np.put_along_axis(r_srm, order, np.broadcast_to(np.arange(width), order.shape), axis=1)
+    r_srm[np.arange(len(order))[:, None], order] = np.arange(width)  # the inverse permutation
     return r_llm, np.where(valid, r_srm, width), n
 
 
@@ -258,7 +259,20 @@ class LearnedFusion(Fusion):
     def fuse(
         self, llm: np.ndarray, srm: np.ndarray, valid: np.ndarray, age: np.ndarray
     ) -> np.ndarray:
-        return fusion_features(llm, srm, valid, age) @ np.asarray(self.weights)
+        # `fusion_features(...) @ weights`, without building the [U, N, 8] array: each age
+        # term folds into its view's weight, w_k + scaled_age · w_{k+4} (a device runs this
+        # per click; the training code builds the features).
+        w = np.asarray(self.weights)
+        scaled = np.minimum(np.maximum(age, 0), AGE_CAP)[:, None] / AGE_CAP  # [U, 1]
+        weight = w[:4] + scaled * w[4:]  # [U, 4]
+        r_llm, r_srm, n = list_ranks(srm, valid)
+        count = np.maximum(n, 1)[:, None]
+        return (
+            weight[:, :1] * (1.0 - r_llm / count)
+            + weight[:, 1:2] * _minmax(llm, valid)
+            + weight[:, 2:3] * sigmoid(srm)
+            + weight[:, 3:] * (1.0 - r_srm / count)
+        )
 
 
 def age_bucket_labels(ages: Sequence[int]) -> list[str]:

@@ -195,3 +195,17 @@ def test_age_alpha_fusion_with_equal_alphas_is_lsc4rec_and_validates():
                 dict(alphas=(0.5, 1.5), ages=(0, 2)), dict(alphas=(0.5,), ages=(0, 2))]:  # fmt: skip
         with pytest.raises(ValueError):
             AgeAlphaFusion(**bad)
+
+
+def test_the_learned_fusion_is_its_features_dot_its_weights():
+    """The device's folded form equals the training features times the weights."""
+    from device.fusion import LearnedFusion, fusion_features
+
+    rng = np.random.default_rng(1)
+    llm, srm = np.sort(rng.normal(size=(7, 9)))[:, ::-1], rng.normal(size=(7, 9))
+    valid = rng.random((7, 9)) > 0.3
+    age = np.array([0, 1, 2, 5, 9, 10, 30])
+    weights = rng.normal(size=8)
+    fusion = LearnedFusion(weights=tuple(weights))
+    expected = np.where(valid, fusion_features(llm, srm, valid, age) @ weights, -np.inf)
+    np.testing.assert_allclose(fusion(llm, srm, valid, age), expected, rtol=1e-12, atol=1e-12)
