@@ -39,7 +39,7 @@ import numpy as np
 from device.fusion import Fusion, RankSigmoidFusion, rerank_valid
 from device.policies import AlwaysPolicy, PolicyObservation, RequestPolicy
 from device.policies.surprise import click_row, empty_rows, list_columns
-from shared.candidates import CandidateList
+from shared.candidates import CandidateList, request_parts
 
 # fetch(history, exclude=older) -> CandidateList | a FetchResult-like | None
 FetchFn = Callable[..., Any]
@@ -439,10 +439,7 @@ class DeviceSession:
     def request_items(self) -> tuple[np.ndarray, np.ndarray]:
         """What a request sends: the last `request_history` clicks, and the distinct items
         clicked before them that are not among them (to exclude from the list)."""
-        history = self.history
-        recent = history[-self.config.request_history :]
-        older = history[: max(0, len(history) - self.config.request_history)]
-        return recent, np.setdiff1d(older, recent)
+        return request_parts(self.history, self.config.request_history)
 
     def request_fresh(self, fetch: FetchFn) -> bool:
         """Ask `fetch` for a fresh list with the last `request_history` clicks.

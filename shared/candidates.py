@@ -31,3 +31,15 @@ class CandidateList:
 
     def __len__(self) -> int:
         return int(self.items.shape[0])
+
+
+def request_parts(history: np.ndarray, request_history: int) -> tuple[np.ndarray, np.ndarray]:
+    """What a request for a fresh list sends, from the user's whole `history` (oldest first):
+    the last `request_history` clicks, which the cloud model reads, and the distinct items
+    clicked before them that are not among them, which the list must leave out (so it holds
+    only items the user has not consumed). The device, the replay and the tables all call this.
+    """
+    history = np.asarray(history, dtype=np.int64)
+    recent = history[-request_history:]
+    older = history[: max(0, len(history) - request_history)]
+    return recent, np.setdiff1d(older, recent)

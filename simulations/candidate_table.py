@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.candidates import request_parts
 from shared.metrics import candidate_list_ranks, hit_rate, ndcg
 
 
@@ -99,12 +100,9 @@ def generator_lists(
     """The lists as a device is served them: the last `request_history` clicks sent as the
     history, the older ones as the exclusion (so no list holds a consumed item); with
     `exclude=False`, as devices were served before the exclusion field (the last clicks only)."""
-    recent = [h[-request_history:] for h in histories]
-    older = [
-        np.setdiff1d(h[: max(0, len(h) - request_history)], r) for h, r in zip(histories, recent)
-    ]
+    recent, older = zip(*(request_parts(h, request_history) for h in histories))
     lists = generator.generate(
-        recent, n=n, batch_size=batch_size, exclude=older if exclude else None
+        list(recent), n=n, batch_size=batch_size, exclude=list(older) if exclude else None
     )
     return [c.items for c in lists]
 

@@ -49,8 +49,7 @@ from simulations.replay.lists import (
     generate_lists,
     list_cache_key,
     load_or_generate_lists,
-    request_exclusions,
-    request_histories,
+    stream_requests,
 )
 from simulations.replay.sessions import CachedFetch, PrecomputedRunner, replay_sessions
 from simulations.replay.stream import (
@@ -88,8 +87,7 @@ __all__ = [
     "reference_result",
     "replay",
     "replay_sessions",
-    "request_exclusions",
-    "request_histories",
+    "stream_requests",
     "srm_fingerprint",
     "stream_from_split",
     "target_positions",

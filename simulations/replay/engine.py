@@ -117,6 +117,11 @@ class ReplayData:
         first = held + 1 if step > held else step
         return self.click_rows[row, first : step + 1, held]
 
+    def held_states(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every (step t, list j <= t) pair a device can be in, as two `[P]` index arrays into
+        `[T, T]`: each step with each list made at or before it (age `t − j`)."""
+        return np.nonzero(np.tri(self.window, dtype=bool))
+
     def list_ages(self) -> np.ndarray:
         """`[T, T]` the age of list `j` at step `t`: `t − j` clicks since it was made (0 where
         `j > t`, a list that does not exist yet)."""

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from shared.cache import digest, load_npz, save_npz
-from shared.candidates import CandidateList
+from shared.candidates import CandidateList, request_parts
 from shared.progress import progress_bar
 from simulations.replay.keys import generator_fingerprint
 from simulations.replay.stream import CACHE_FORMAT, ListGenerator, ReplayConfig, ReplayStream
@@ -52,25 +52,17 @@ class FreshLists:
         return CandidateList(self.items[row, step], self.scores[row, step], self.model_version)
 
 
-def request_histories(stream: ReplayStream, request_history: int) -> list[np.ndarray]:
-    """The histories a device sends, row-major over (user, step): last `L` clicks before it."""
-    return [
-        stream.history(row, t)[-request_history:]
+def stream_requests(
+    stream: ReplayStream, request_history: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """What a device sends at every (user, step), row-major: the last `L` clicks before the
+    step and the older clicks to exclude (`shared.candidates.request_parts`)."""
+    parts = [
+        request_parts(stream.history(row, t), request_history)
         for row in range(stream.num_users)
         for t in range(stream.window)
     ]
-
-
-def request_exclusions(stream: ReplayStream, request_history: int) -> list[np.ndarray]:
-    """What a device excludes with each request, in `request_histories` order: the distinct
-    items clicked before the last `L`, not among them (as `DeviceSession.request_items`)."""
-    out = []
-    for row in range(stream.num_users):
-        for t in range(stream.window):
-            history = stream.history(row, t)
-            recent = history[-request_history:]
-            out.append(np.setdiff1d(history[: max(0, len(history) - request_history)], recent))
-    return out
+    return [recent for recent, _ in parts], [older for _, older in parts]
 
 
 def _stack_lists(lists: Sequence[CandidateList], n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,13 +154,8 @@ def load_or_generate_lists(
         return FreshLists(
             cached["items"], cached["scores"], version, config.request_history, key_digest, True
         )
-    items, scores = generate_lists(
-        generator,
-        request_histories(stream, config.request_history),
-        config,
-        progress,
-        exclude=request_exclusions(stream, config.request_history),
-    )
+    histories, exclusions = stream_requests(stream, config.request_history)
+    items, scores = generate_lists(generator, histories, config, progress, exclusions)
     items, scores = items.reshape(shape), scores.reshape(shape)
     if path:
         save_npz(path, key, {"items": items, "scores": scores})

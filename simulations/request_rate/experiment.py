@@ -196,9 +196,7 @@ def list_age_notes(
     """The per-age table (simulations.request_rate.ages) on the test stream: at never, and for
     the policy chosen at `AGE_TABLE_RATE` when the sweep has one."""
     notes: dict[str, Any] = {"never": never_by_age(test, fusion, indices, config.confidence)}
-    best = (
-        best_calibrated(points, AGE_TABLE_RATE) if AGE_TABLE_RATE in config.target_rates else None
-    )
+    best = best_calibrated(points, AGE_TABLE_RATE)  # None without a point at that rate
     if best is not None:
         notes["policy"] = f"{points[best].family} at target rate {AGE_TABLE_RATE:g}"
         notes["policy_rate"] = results[best].request_rate

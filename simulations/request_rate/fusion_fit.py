@@ -24,8 +24,7 @@ L2 = 1e-3  # on the weights; the features are all in [0, 1]
 def fusion_examples(data: ReplayData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features `[P, N, F]` (float32), showable slots `[P, N]` and the clicked item's slot
     `[P]` of every held list whose showable slots include the click."""
-    steps, held = np.nonzero(np.tri(data.window, dtype=bool))  # list j <= t at step t
-    width = data.lists.items.shape[-1]
+    steps, held = data.held_states()
     items = data.lists.items[:, held]  # [U, S, N]
     valid = data.valid[:, steps, held]  # [U, S, N]
     hit = (items == data.stream.targets[:, steps, None]) & valid  # [U, S, N]
@@ -37,7 +36,6 @@ def fusion_examples(data: ReplayData) -> tuple[np.ndarray, np.ndarray, np.ndarra
         valid[keep],
         age,
     ).astype(np.float32)
-    assert features.shape[1] == width
     return features, valid[keep], hit[keep].argmax(axis=-1)
 
 

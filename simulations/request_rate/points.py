@@ -150,7 +150,7 @@ def choose_fusion(valid: ReplayData, config: RequestRateConfig) -> tuple[Fusion,
 
 def all_states_ndcg10(data: ReplayData, fusion: Fusion) -> float:
     """NDCG@10 over every (step t, list j <= t) state: every age a held list can reach."""
-    steps, held = age_states(data)
+    steps, held = data.held_states()
     return float(ndcg(data.fused_ranks(fusion)[:, steps, held], 10).mean())
 
 
@@ -176,13 +176,6 @@ def choose_best_fusion(
     return candidates[chosen], notes
 
 
-def age_states(data: ReplayData) -> tuple[np.ndarray, np.ndarray]:
-    """The (step t, list j <= t) pairs of a stream and their ages `t − j`, as two `[P]` index
-    arrays into `[T, T]` (every held list the stream can show)."""
-    steps, held = np.nonzero(np.tri(data.window, dtype=bool))
-    return steps, held
-
-
 def choose_age_alphas(
     valid: ReplayData, alphas: tuple[float, ...], ages: tuple[int, ...] = AGE_BUCKETS
 ) -> tuple[AgeAlphaFusion, dict[str, Any]]:
@@ -190,7 +183,7 @@ def choose_age_alphas(
     (buckets that start past the stream's longest age are dropped: the last one kept covers
     every older list)."""
     ages = tuple(a for a in ages if a < valid.window)
-    steps, held = age_states(valid)
+    steps, held = valid.held_states()
     age = steps - held
     bucket = np.searchsorted(ages, age, side="right") - 1  # [P]
     by_alpha = {}
