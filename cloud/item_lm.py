@@ -6,10 +6,14 @@ and its next-token distribution is the next-item distribution, so the top-N amon
 outside the history is exact from one forward pass — no beam search.
 
 Item knowledge (optional): each item may carry attribute tokens from the data set (ml-100k:
-genres, release year and decade, title words). An item's vector is its id embedding plus the
-mean of its attributes' embeddings, used both as the model's input and as the output
-embedding it is scored with; rare items, whose id embedding is barely trained, borrow from the
-attributes they share with frequent ones.
+genres, release year and decade, title words) and a text vector from a pretrained sentence
+encoder (`cloud.item_text`: its title, year and genres, frozen). An item's vector is its id
+embedding plus the mean of its attributes' embeddings plus its projected text vector, used
+both as the model's input and as the output embedding it is scored with; rare items, whose id
+embedding is barely trained, borrow from what they share with frequent ones. An item the
+training part never shows keeps no id part at all (`mask_unseen_ids`): in the full softmax it
+was only ever a negative, so its id embedding would only hold it down; its attributes and
+text still place it.
 
 Training reuses the device's sequence-level engine (`seqrec.training.train_srm`): the model
 implements the SRM interface (`encode_positions`, `score_all`), so windows of histories train
@@ -21,7 +25,7 @@ every position at once with the full-softmax loss, and validation Recall@N picks
     gen.save_pretrained("runs/llm"); ItemSequenceGenerator.from_pretrained("runs/llm")
 
 Letters in shape comments: B requests, L history length, D hidden width, N num_items + 1,
-A attribute entries of all items.
+A attribute entries of all items, T text-vector width.
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ class ItemLMConfig(SRMConfig):
     attention_dropout: float = 0.5  # dropout on the attention weights during training
     max_len: int = 50  # history items read per request (the last L)
     num_attributes: int = 0  # size of the item-attribute vocabulary (0 = ids only)
+    text_dim: int = 0  # width of the frozen item text vectors (0 = no text)
+    mask_unseen_ids: bool = False  # zero the id part of items with no training click
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -80,6 +86,8 @@ class ItemLMConfig(SRMConfig):
             raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
         if self.num_attributes < 0:
             raise ValueError(f"num_attributes must be >= 0, got {self.num_attributes}")
+        if self.text_dim < 0:
+            raise ValueError(f"text_dim must be >= 0, got {self.text_dim}")
 
 
 def build_decoder(config: ItemLMConfig):
@@ -105,6 +113,8 @@ class ItemLanguageModel(SequentialRecommender):
         attributes: per item 0..num_items, its attribute indices (< `config.num_attributes`);
             needed when `num_attributes > 0`.
         decoder: an existing transformers causal LM (when loading); None builds a new one.
+        text: `[N, T]` item text vectors (frozen); needed when `text_dim > 0`.
+        known: `[N]` True for items with a training click; needed when `mask_unseen_ids`.
     """
 
     name = "item-lm"
@@ -115,6 +125,8 @@ class ItemLanguageModel(SequentialRecommender):
         config: ItemLMConfig,
         attributes: Sequence[Sequence[int]] | None = None,
         decoder=None,
+        text: np.ndarray | torch.Tensor | None = None,
+        known: np.ndarray | torch.Tensor | None = None,
     ) -> None:
         super().__init__(config)
         self.lm = decoder if decoder is not None else build_decoder(config)
@@ -131,16 +143,30 @@ class ItemLanguageModel(SequentialRecommender):
             offsets = np.cumsum([0] + [len(row) for row in attributes[:-1]])
             self.register_buffer("attr_index", torch.tensor(flat, dtype=torch.long))  # [A]
             self.register_buffer("attr_offsets", torch.tensor(offsets, dtype=torch.long))  # [N]
+        self.text_proj = None
+        if config.text_dim:
+            text = _item_rows(text, config, (config.text_dim,), "text", torch.float32)
+            self.register_buffer("item_text", text)  # [N, T], frozen
+            self.text_proj = nn.Linear(config.text_dim, config.hidden_size, bias=False)
+            nn.init.normal_(self.text_proj.weight, std=0.02)
+        if config.mask_unseen_ids:
+            known = _item_rows(known, config, (), "known", torch.float32)
+            self.register_buffer("id_known", known.unsqueeze(-1))  # [N, 1]: 1 seen, 0 never
 
     @property
     def item_embedding(self) -> nn.Embedding:
         return self.lm.get_input_embeddings()
 
     def all_item_features(self) -> torch.Tensor:
-        """`[N, D]`: id embedding plus the mean of the item's attribute embeddings."""
+        """`[N, D]`: id embedding (zero for items never seen in training, when masked) plus
+        the mean of the item's attribute embeddings plus its projected text vector."""
         features = self.item_embedding.weight
+        if self.config.mask_unseen_ids:
+            features = features * self.id_known
         if self.attributes is not None:
             features = features + self.attributes(self.attr_index, self.attr_offsets)
+        if self.text_proj is not None:
+            features = features + self.text_proj(self.item_text)
         return features
 
     def item_features(self, items: torch.Tensor) -> torch.Tensor:
@@ -175,6 +201,43 @@ class ItemLanguageModel(SequentialRecommender):
     def score_positions_all(self, history: torch.Tensor) -> torch.Tensor:
         features = self.all_item_features()
         return self.encode_positions(history, features) @ features.t()  # [B, L, D] @ [D, N]
+
+
+def _item_rows(values, config: ItemLMConfig, shape: tuple, what: str, dtype) -> torch.Tensor:
+    """`values` as a `[num_items + 1, *shape]` tensor, or ValueError saying what is wrong."""
+    if values is None:
+        raise ValueError(f"the config needs the item {what} of items 0..num_items")
+    tensor = torch.as_tensor(np.asarray(values), dtype=dtype)
+    if tuple(tensor.shape) != (config.num_items + 1, *shape):
+        raise ValueError(
+            f"item {what} has shape {tuple(tensor.shape)}, the config wants "
+            f"{(config.num_items + 1, *shape)}"
+        )
+    return tensor.clone()
+
+
+def standardize_text(vectors: np.ndarray) -> np.ndarray:
+    """Text vectors centred and scaled per dimension over the catalogue (rows 1…), divided by
+    √T so a vector's norm stays near 1; row 0 (padding) stays zero.
+
+    Sentence embeddings share a large common direction (all item texts are alike: a title,
+    a year, genres); what tells items apart is the small variation around it, which the
+    projection would otherwise need large weights to read.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    items = vectors[1:]
+    scale = items.std(axis=0) * np.sqrt(vectors.shape[1])
+    out = np.zeros_like(vectors)
+    out[1:] = (items - items.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
+    return out
+
+
+def items_with_clicks(sequences: Sequence[np.ndarray], num_items: int) -> np.ndarray:
+    """`[num_items + 1]` bool: True for the items the sequences click at least once."""
+    clicks = np.bincount(
+        np.concatenate([np.zeros(0, np.int64), *sequences]), minlength=num_items + 1
+    )
+    return clicks[: num_items + 1] > 0
 
 
 def attribute_vocabulary(
@@ -218,6 +281,7 @@ class ItemSequenceGenerator(GeneratorBase):
         self.item_titles = list(item_titles) if item_titles is not None else None
         self.attribute_names = list(attribute_names)
         self._model_version = model_version or self.refresh_model_version()
+        self._features: tuple[str, torch.Tensor] | None = None  # (version, item vectors)
 
     @classmethod
     def create(
@@ -227,15 +291,30 @@ class ItemSequenceGenerator(GeneratorBase):
         item_titles: Sequence[str] | None = None,
         item_attributes: Sequence[Sequence[str]] | None = None,
         seed: int = 0,
+        item_text: np.ndarray | None = None,
+        train_sequences: Sequence[np.ndarray] | None = None,
     ) -> ItemSequenceGenerator:
-        """A new, untrained generator; `item_attributes` (index i = item i's tokens) turns on
-        item knowledge."""
+        """A new, untrained generator.
+
+        Args:
+            item_attributes: index i = item i's tokens; turns on the attributes.
+            item_text: `[num_items + 1, T]` text vectors (`cloud.item_text`); turns on text.
+            train_sequences: the sequences it will train on; items they never click get no
+                id part (`mask_unseen_ids`).
+        """
         torch.manual_seed(seed)
         names, per_item = [], None
         if item_attributes is not None:
             names, per_item = attribute_vocabulary(item_attributes)
         config.num_attributes = len(names)
-        model = ItemLanguageModel(config, per_item if names else None)
+        if item_text is not None:
+            item_text = standardize_text(item_text)
+        config.text_dim = 0 if item_text is None else int(item_text.shape[1])
+        config.mask_unseen_ids = train_sequences is not None
+        known = None
+        if train_sequences is not None:
+            known = items_with_clicks(train_sequences, config.num_items)
+        model = ItemLanguageModel(config, per_item if names else None, text=item_text, known=known)
         return cls(model, dataset_name, item_titles, names)
 
     @property
@@ -250,13 +329,24 @@ class ItemSequenceGenerator(GeneratorBase):
         self._model_version = weights_version(self.model.state_dict(), f"{self.config.kind}-items")
         return self._model_version
 
+    def item_vectors(self) -> torch.Tensor:
+        """`[N, D]` item vectors for serving, computed once per model version: with item
+        text, the projection of the catalogue's text vectors alone costs more than a
+        request's forward pass. Training changes the weights and refreshes the version."""
+        if self._features is None or self._features[0] != self.model_version:
+            with torch.inference_mode():
+                self._features = (self.model_version, self.model.all_item_features())
+        return self._features[1]
+
     @torch.inference_mode()
     def _generate_batch(
         self, histories: list[np.ndarray], n: int, masked: list[np.ndarray]
     ) -> list[CandidateList]:
         self.model.eval()
         padded = torch.from_numpy(pad_histories(histories, self.config.max_len))  # [B, L]
-        log_probs = torch.log_softmax(self.model.score_all(padded)[:, 1:], dim=-1)  # [B, N-1]
+        features = self.item_vectors()
+        logits = self.model.encode(padded, features) @ features.t()  # [B, N]
+        log_probs = torch.log_softmax(logits[:, 1:], dim=-1)  # [B, N-1]
         for row, items in enumerate(masked):
             log_probs[row, torch.from_numpy(items - 1)] = float("-inf")  # history + exclusion
         scores, index = torch.topk(log_probs, n, dim=-1)  # exact top-N, sorted
@@ -303,19 +393,24 @@ class ItemSequenceGenerator(GeneratorBase):
         except (TypeError, ValueError) as err:
             raise ValueError(f"{folder / GENERATOR_FILE}: bad item-LM config: {err}") from None
         side, per_item, names = {}, None, []
+        expected = side_tensor_names(config)
+        if expected:
+            side = _read_item_side(folder / ITEM_SIDE_FILE, expected)
         if config.num_attributes:
-            side = _read_item_side(folder / ITEM_SIDE_FILE)
             per_item = _rows(side["attr_index"], side["attr_offsets"])
             names = read_json(folder / ATTRIBUTES_FILE)
-        model = ItemLanguageModel(config, per_item, decoder=bb.load_model(folder))
-        if side:
-            weight = side["attributes.weight"]
-            if weight.shape != model.attributes.weight.shape:
-                raise ValueError(
-                    f"{folder / ITEM_SIDE_FILE}: mis-shaped weight attributes.weight "
-                    f"{tuple(weight.shape)}, the config wants {tuple(model.attributes.weight.shape)}"
-                )
-            model.attributes.weight.data.copy_(weight)
+        text, known = side.get("item_text"), side.get("id_known")
+        try:
+            model = ItemLanguageModel(
+                config,
+                per_item,
+                decoder=bb.load_model(folder),
+                text=text,
+                known=None if known is None else known.squeeze(-1),
+            )
+        except ValueError as err:
+            raise ValueError(f"{folder / ITEM_SIDE_FILE}: {err}") from None
+        _load_side(model, side, folder / ITEM_SIDE_FILE)
         return cls(
             model,
             dataset_name=meta.get("dataset", ""),
@@ -325,23 +420,46 @@ class ItemSequenceGenerator(GeneratorBase):
         )
 
 
-SIDE_TENSORS = ("attr_index", "attr_offsets", "attributes.weight")
+def side_tensor_names(config: ItemLMConfig) -> tuple[str, ...]:
+    """The tensors of the item side (everything outside the transformers model) a config has."""
+    names: tuple[str, ...] = ()
+    if config.num_attributes:
+        names += ("attr_index", "attr_offsets", "attributes.weight")
+    if config.text_dim:
+        names += ("item_text", "text_proj.weight")
+    if config.mask_unseen_ids:
+        names += ("id_known",)
+    return names
 
 
-def _read_item_side(path: Path) -> dict[str, torch.Tensor]:
+def _read_item_side(path: Path, expected: Sequence[str]) -> dict[str, torch.Tensor]:
     """The item side's tensors, all of them, or ValueError naming the file."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (the config has item attributes)")
+        raise FileNotFoundError(f"{path}: missing (the config has an item side)")
     try:
         side = load_file(str(path))
     except SafetensorError as err:
         raise ValueError(f"{path}: unreadable weights (truncated?): {err}") from None
-    for name in SIDE_TENSORS:
+    for name in expected:
         if name not in side:
             raise ValueError(f"{path}: missing weight {name}; refusing to load")
-    for name in sorted(set(side) - set(SIDE_TENSORS)):
+    for name in sorted(set(side) - set(expected)):
         raise ValueError(f"{path}: unexpected weight {name}; refusing to load")
     return side
+
+
+def _load_side(model: ItemLanguageModel, side: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy the item side's trained weights into `model`, refusing a mis-shaped one."""
+    params = dict(model.named_parameters())
+    for name, tensor in side.items():
+        if name not in params:
+            continue  # buffers (indices, text, known) went in through the constructor
+        if tensor.shape != params[name].shape:
+            raise ValueError(
+                f"{path}: mis-shaped weight {name} {tuple(tensor.shape)}, the config wants "
+                f"{tuple(params[name].shape)}"
+            )
+        params[name].data.copy_(tensor)
 
 
 def _rows(index: torch.Tensor, offsets: torch.Tensor) -> list[list[int]]:

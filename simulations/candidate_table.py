@@ -5,7 +5,13 @@ training part (history = `s_1 … s_{n−T−1}`) and scored against the validat
 `s_{n−T}`: Recall@N (the target is in the list), NDCG@10 of the list's own ranking (0 outside
 the top 10), and Recall@N on the users whose target is a rare item (at most `--rare-max`
 training clicks). Rows: each generator (`--model`, several side by side), the top-N of device
-SRM checkpoints (`--srm`, history excluded), and the most popular training items.
+SRM checkpoints (`--srm`, history excluded), the most popular training items, and a uniform
+random list.
+
+Cold items (`--cold-items 0.1`): a seeded 10% of the items lose every interaction from the
+training parts (`shared.splits.split_stream`); the generators must have been trained the same
+way (`train-llm --cold-items 0.1`, checked in their `training_log.json`). A column adds
+Recall@N on the validation targets that are cold items, which no model has seen clicked.
 
 Fresh vs stale (`--fresh-stale`): on the online test stream, at each step offset k = 1..T the
 share of targets in the fresh list (made from the history up to the step) and in the list made
@@ -65,21 +71,61 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="add each generator's lists as served before the exclusion field (last L only)",
     )
+    parser.add_argument(
+        "--cold-items",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="cold-item protocol: a seeded share of the items is never in a training part",
+    )
+    parser.add_argument("--cold-seed", type=int, default=0, help="seed of the cold items")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random lists")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/candidate_table")
     return parser.parse_args(argv)
 
 
 def list_metrics(
-    lists: list[np.ndarray], targets: np.ndarray, n: int, rare: np.ndarray | None = None
+    lists: list[np.ndarray],
+    targets: np.ndarray,
+    n: int,
+    rare: np.ndarray | None = None,
+    cold: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Recall@n of the lists, NDCG@10 of their order, Recall@n on the `rare` rows."""
+    """Recall@n of the lists, NDCG@10 of their order, Recall@n on the `rare` rows and on the
+    `cold` rows (targets no model trained on)."""
     ranks = candidate_list_ranks(lists, targets)
     hits = hit_rate(ranks, n)
     out = {f"Recall@{n}": float(hits.mean()), "NDCG@10": float(ndcg(ranks, 10).mean())}
-    if rare is not None:
-        out[f"Recall@{n} rare"] = float(hits[rare].mean()) if rare.any() else float("nan")
+    for name, rows in (("rare", rare), ("cold", cold)):
+        if rows is not None:
+            out[f"Recall@{n} {name}"] = float(hits[rows].mean()) if rows.any() else float("nan")
     return out
+
+
+def random_lists(histories, num_items: int, n: int, seed: int = 0) -> list[np.ndarray]:
+    """n items drawn uniformly without replacement from those outside each history."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for history in histories:
+        allowed = np.setdiff1d(np.arange(1, num_items + 1), history)
+        out.append(rng.choice(allowed, size=min(n, len(allowed)), replace=False))
+    return out
+
+
+def check_cold_training(folder: str, share: float, seed: int) -> None:
+    """ValueError unless the generator in `folder` was trained without the same cold items
+    (its `training_log.json` names the share and seed; none recorded = no cold items)."""
+    path = Path(folder) / "training_log.json"
+    recorded = {"share": 0.0, "seed": 0}
+    if path.is_file():
+        recorded = json.loads(path.read_text()).get("cold_items", recorded)
+    if float(recorded["share"]) != share or (share and int(recorded["seed"]) != seed):
+        raise ValueError(
+            f"{folder}: trained with cold items {recorded}, the table asks for share {share} "
+            f"seed {seed} (train it with: lsc4rec train-llm … --cold-items {share} "
+            f"--cold-seed {seed})"
+        )
 
 
 def popular_lists(train: list[np.ndarray], histories, num_items: int, n: int) -> list[np.ndarray]:
@@ -126,27 +172,33 @@ def srm_lists(model, histories, n: int, batch_size: int = 256) -> list[np.ndarra
     return out
 
 
-def markdown(rows: list[dict], dataset: str, n: int, users: int, rare: int, rare_max: int) -> str:
+def markdown(
+    rows: list[dict], dataset: str, n: int, users: int, rare: int, rare_max: int, cold: int = -1
+) -> str:
+    """The table; a cold-target column when `cold` >= 0 (the number of cold targets)."""
+    cold_note = f"; cold = the {cold} targets that are cold items" if cold >= 0 else ""
+    cold_head = f" Recall@{n} cold targets |" if cold >= 0 else ""
     lines = [
         f"**{dataset}: candidate lists of {n} on the validation targets** "
         f"({users} stream users, history = training part; rare = the {rare} targets with at "
-        f"most {rare_max} training clicks)",
+        f"most {rare_max} training clicks{cold_note})",
         "",
-        f"| candidates | Recall@{n} | NDCG@10 | Recall@{n} rare targets | seconds |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        f"| candidates | Recall@{n} | NDCG@10 | Recall@{n} rare targets |{cold_head} seconds |",
+        "| --- | ---: | ---: | ---: |" + (" ---: |" if cold >= 0 else "") + " ---: |",
     ]
     for row in rows:
+        cold_cell = f" {row[f'Recall@{n} cold']:.4f} |" if cold >= 0 else ""
         lines.append(
             f"| {row['name']} | {row[f'Recall@{n}']:.4f} | {row['NDCG@10']:.4f} | "
-            f"{row[f'Recall@{n} rare']:.4f} | {row['seconds']:.1f} |"
+            f"{row[f'Recall@{n} rare']:.4f} |{cold_cell} {row['seconds']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def _timed(name: str, make, targets, n: int, rare: np.ndarray) -> dict:
+def _timed(name: str, make, targets, n: int, rare: np.ndarray, cold=None) -> dict:
     start = time.perf_counter()
     lists = make()
-    row = {"name": name, **list_metrics(lists, targets, n, rare)}
+    row = {"name": name, **list_metrics(lists, targets, n, rare, cold)}
     row["seconds"] = time.perf_counter() - start
     return row
 
@@ -232,40 +284,54 @@ def main(argv=None) -> int:
     from shared.splits import split_stream
 
     args = parse_args(argv)
+    if args.cold_items and args.srm:
+        raise ValueError("--srm with --cold-items: the device SRMs were trained on every item")
+    for folder in args.model:
+        check_cold_training(folder, args.cold_items, args.cold_seed)
     torch.set_num_threads(args.threads)
     options = {"num_users": args.synthetic_users} if args.dataset == "synthetic" else {}
     dataset = load_dataset(args.dataset, **options)
-    split = split_stream(dataset, test_window=args.test_window)
+    split = split_stream(
+        dataset, args.test_window, cold_share=args.cold_items, cold_seed=args.cold_seed
+    )
     users = split.stream_users
     histories = [split.train[u] for u in users]
     targets = split.valid_target[users]
     clicks = np.bincount(np.concatenate(split.train), minlength=dataset.num_items + 1)
     rare = clicks[targets] <= args.rare_max
+    cold = np.isin(targets, split.cold_items) if args.cold_items else None
     generators = [load_generator(folder) for folder in args.model]
     rows = []
     for gen in generators:
         make = lambda g=gen: generator_lists(  # noqa: E731
             g, histories, args.n, args.batch_size, args.request_history
         )
-        rows.append(_timed(f"generator {gen.model_version}", make, targets, args.n, rare))
+        rows.append(_timed(f"generator {gen.model_version}", make, targets, args.n, rare, cold))
         if args.without_exclusion:
             make = lambda g=gen: generator_lists(  # noqa: E731
                 g, histories, args.n, args.batch_size, args.request_history, exclude=False
             )
             label = f"generator {gen.model_version}, last {args.request_history} without exclusion"
-            rows.append(_timed(label, make, targets, args.n, rare))
+            rows.append(_timed(label, make, targets, args.n, rare, cold))
     for folder in args.srm:
         model = load_srm(folder)
         make = lambda m=model: srm_lists(m, histories, args.n)  # noqa: E731
         rows.append(_timed(f"device {model.name} top-{args.n}", make, targets, args.n, rare))
     make = lambda: popular_lists(split.train, histories, dataset.num_items, args.n)  # noqa: E731
-    rows.append(_timed("most popular", make, targets, args.n, rare))
+    rows.append(_timed("most popular", make, targets, args.n, rare, cold))
+    make = lambda: random_lists(histories, dataset.num_items, args.n, args.seed)  # noqa: E731
+    rows.append(_timed("uniform random", make, targets, args.n, rare, cold))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(rows, dataset.name, args.n, len(users), int(rare.sum()), args.rare_max)
+    cold_count = int(cold.sum()) if cold is not None else -1
+    text = markdown(
+        rows, dataset.name, args.n, len(users), int(rare.sum()), args.rare_max, cold_count
+    )
     (out / "candidate_table.md").write_text(text)
     payload = {"dataset": dataset.name, "n": args.n, "users": int(len(users)), "rows": rows}
     payload["rare_targets"] = int(rare.sum())
+    payload["cold_items"] = {"share": args.cold_items, "seed": args.cold_seed}
+    payload["cold_targets"] = max(cold_count, 0)
     (out / "candidate_table.json").write_text(json.dumps(payload, indent=2) + "\n")
     print(text)
     if args.fresh_stale:

@@ -158,3 +158,23 @@ def build_sequence_dataset(
         item_attributes=attributes,
         latent_topics=None if log.latent is None else [log.latent[g] for g in groups],
     )
+
+
+def item_texts(dataset: SequenceDataset) -> list[str] | None:
+    """The text of each item (index i = item i, index 0 = ""), or None without titles.
+
+    An item's text is what the data set knows of it: its title, then its release year and
+    genres when it has them, e.g. "English Patient, The (1996). Drama, Romance, War".
+    """
+    if dataset.item_titles is None:
+        return None
+    attributes = dataset.item_attributes or [()] * (dataset.num_items + 1)
+    texts = [""]
+    for title, tokens in zip(dataset.item_titles[1:], attributes[1:]):
+        years = [t.split("=", 1)[1] for t in tokens if t.startswith("year=")]
+        genres = [t.split("=", 1)[1] for t in tokens if t.startswith("genre=")]
+        text = f"{title} ({years[0]})" if years and title else title
+        if genres:
+            text = f"{text}. {', '.join(genres)}" if text else ", ".join(genres)
+        texts.append(text)
+    return texts

