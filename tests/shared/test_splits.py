@@ -56,3 +56,27 @@ def test_leave_one_out_holds_out_last_two():
 def test_split_rejects_bad_window(dataset):
     with pytest.raises(ValueError, match="test_window"):
         split_stream(dataset, test_window=0)
+
+
+def test_cold_items_leave_every_training_part_and_stay_as_targets(dataset):
+    plain = split_stream(dataset, test_window=5)
+    cold = split_stream(dataset, test_window=5, cold_share=0.1, cold_seed=4)
+    assert len(cold.cold_items) == round(0.1 * dataset.num_items)
+    assert np.array_equal(cold.cold_items, np.unique(cold.cold_items))
+    assert not np.isin(np.concatenate(cold.train), cold.cold_items).any()
+    for before, after in zip(plain.train, cold.train):  # only the cold items left, order kept
+        assert np.array_equal(before[~np.isin(before, cold.cold_items)], after)
+    np.testing.assert_array_equal(cold.valid_target, plain.valid_target)
+    assert all(np.array_equal(a, b) for a, b in zip(cold.stream, plain.stream))
+    assert np.isin(cold.valid_target, cold.cold_items).any()  # cold targets exist
+    again = split_stream(dataset, test_window=5, cold_share=0.1, cold_seed=4)
+    np.testing.assert_array_equal(again.cold_items, cold.cold_items)
+    other = split_stream(dataset, test_window=5, cold_share=0.1, cold_seed=5)
+    assert not np.array_equal(other.cold_items, cold.cold_items)
+    assert len(plain.cold_items) == 0
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.0])
+def test_a_cold_share_outside_0_1_is_refused(dataset, share):
+    with pytest.raises(ValueError, match=r"cold-item share must be in \[0, 1\)"):
+        split_stream(dataset, cold_share=share)

@@ -1,11 +1,16 @@
-"""The fresh-vs-stale table on hand-made lists."""
+"""The candidate table's parts on hand-made lists: fresh vs stale, random lists, cold targets."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from simulations.candidate_table import fresh_stale_rows
+from simulations.candidate_table import (
+    check_cold_training,
+    fresh_stale_rows,
+    list_metrics,
+    random_lists,
+)
 from simulations.request_rate import bootstrap_indices
 
 
@@ -27,3 +32,35 @@ def test_fresh_stale_counts_targets_per_offset():
     # NDCG@10 of the list's own order: user 0's fresh lists put each target first.
     assert by_offset["2"]["fresh NDCG@10"] == np.mean([1.0, 1.0])
     assert by_offset["1"]["stale NDCG@10"] == np.mean([1 / np.log2(3), 0.0])
+
+
+def test_random_lists_are_distinct_unseen_and_seeded():
+    histories = [np.array([1, 2, 3]), np.arange(1, 96)]
+    lists = random_lists(histories, num_items=100, n=10, seed=1)
+    assert len(lists[0]) == 10 == len(set(lists[0].tolist()))
+    assert not set(lists[0].tolist()) & {1, 2, 3}
+    assert sorted(lists[1].tolist()) == [96, 97, 98, 99, 100]  # only five items are left
+    again = random_lists(histories, num_items=100, n=10, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(lists, again))
+
+
+def test_cold_targets_get_their_own_recall():
+    lists = [np.array([5, 6]), np.array([7, 8]), np.array([9, 1])]
+    targets = np.array([6, 3, 9])
+    cold = np.array([False, True, True])
+    metrics = list_metrics(lists, targets, 2, cold=cold)
+    assert metrics["Recall@2"] == pytest.approx(2 / 3)
+    assert metrics["Recall@2 cold"] == pytest.approx(1 / 2)
+
+
+def test_a_generator_trained_on_other_cold_items_is_refused(tmp_path):
+    (tmp_path / "training_log.json").write_text('{"cold_items": {"share": 0.1, "seed": 0}}')
+    check_cold_training(str(tmp_path), 0.1, 0)
+    with pytest.raises(ValueError, match="trained with cold items .* share 0.1 seed 3"):
+        check_cold_training(str(tmp_path), 0.1, 3)
+    with pytest.raises(ValueError, match="the table asks for share 0.0"):
+        check_cold_training(str(tmp_path), 0.0, 0)
+    (tmp_path / "training_log.json").unlink()  # a folder from before the protocol: no cold items
+    check_cold_training(str(tmp_path), 0.0, 0)
+    with pytest.raises(ValueError, match="--cold-items 0.1"):
+        check_cold_training(str(tmp_path), 0.1, 0)
