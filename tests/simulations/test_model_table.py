@@ -87,3 +87,30 @@ def test_merge_refuses_a_run_twice_and_a_missing_folder(two_parts, tmp_path, cap
     (stray / "model_table.json").write_text('{"rows": []}')
     assert main(["--merge", str(stray), "--out", str(tmp_path / "c")]) != 0
     assert "not a model-table output" in capsys.readouterr().err
+
+
+def test_the_last_click_protocol_holds_out_each_users_final_clicks():
+    from shared.datasets import load_dataset
+    from shared.splits import leave_one_out, split_stream
+    from simulations.model_table import held_out_sequences
+
+    dataset = load_dataset("synthetic", num_users=30)
+    last = leave_one_out(held_out_sequences(dataset, "last"))
+    part = leave_one_out(held_out_sequences(dataset, "training-part"))
+    stream = split_stream(dataset)
+    for row, user in enumerate(last.users):
+        sequence = dataset.sequences[user]
+        assert last.test_target[row] == sequence[-1] and last.valid_target[row] == sequence[-2]
+        assert list(last.test_history[row]) == list(sequence[:-1])
+    for row, user in enumerate(part.users):  # the click before the stream's validation target
+        assert part.test_target[row] == stream.train[user][-1]
+
+
+def test_runs_of_the_two_protocols_do_not_merge(two_parts, tmp_path, capsys):
+    argv = TINY + ["--models", "gru4rec", "--seeds", "2", "--protocol", "last"]
+    assert main(argv + ["--out", str(tmp_path / "last")]) == 0
+    assert _payload(tmp_path / "last")["runs"][0]["settings"]["protocol"] == "last"
+    assert "leave-last-out" in (tmp_path / "last" / "model_table.md").read_text()
+    merge = ["--merge", str(two_parts / "part0"), str(tmp_path / "last")]
+    assert main(merge + ["--out", str(tmp_path / "merged")]) == 2
+    assert "different protocol" in capsys.readouterr().err
