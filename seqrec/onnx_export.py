@@ -1,4 +1,5 @@
-"""Export TTT4Rec's per-click step and candidate scorer as loop-free ONNX graphs.
+"""Export TTT4Rec's per-click step and candidate scorer, and GRU4Rec's per-click step, as
+loop-free ONNX graphs.
 
 The step graph takes the carried state as explicit inputs and returns the new state and
 the click's surprise (`seqrec.models.surprise`), so a runtime needs nothing but the graph
@@ -24,6 +25,7 @@ import onnx
 import torch
 from torch import nn
 
+from seqrec.models.gru4rec import GRU4Rec
 from seqrec.models.ttt4rec import TTT4Rec, TTT4RecState
 from shared.device_format import (
     CANDIDATES_INPUT,
@@ -68,6 +70,21 @@ class _StepGraph(nn.Module):
             state, items, candidates, self.table, self.catalogue
         )
         return (*new_state.tensors(), surprise, scores)
+
+
+class _GRUStepGraph(nn.Module):
+    """`(hidden [B, layers, G], items [B], candidates [B, C]) -> (hidden_out, feature [B, D],
+    scores [B, C])`."""
+
+    def __init__(self, model: GRU4Rec) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, hidden: torch.Tensor, items: torch.Tensor, candidates: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        new, feature = self.model.step(hidden, items)
+        return new, feature, self.model.score_features(feature, candidates)
 
 
 class _ScorerGraph(nn.Module):
@@ -119,7 +136,7 @@ def _export(
         registration.setLevel(level)
 
 
-def _frozen_copy(model: TTT4Rec) -> TTT4Rec:
+def _frozen_copy(model: nn.Module) -> nn.Module:
     """A float32, eval-mode copy, so exporting never changes the caller's model."""
     return copy.deepcopy(model).float().eval()
 
@@ -203,4 +220,36 @@ def export_scorer(model: TTT4Rec, path: str | Path) -> Path:
         names = [FEATURES_INPUT, CANDIDATES_INPUT]
         _export(_ScorerGraph(table), (features, candidates), path, names, [SCORES_OUTPUT], dynamic)
     _check_loop_free(path)
+    return path
+
+
+GRU_STATE_INPUT = "hidden"  # GRU4Rec step graph: [B, layers, G] the carried state
+GRU_FEATURE_OUTPUT = "feature"  # GRU4Rec step graph: [B, D] the user feature after the click
+
+
+def export_gru4rec_step(model: GRU4Rec, path: str | Path) -> Path:
+    """Write GRU4Rec's one-click step graph: `hidden [B, layers, G]`, `items [B]` and
+    `candidates [B, C]` in; `hidden_out`, `feature [B, D]` and `scores [B, C]` (the
+    candidates under the new state) out. The config goes in metadata; the initial state is
+    zeros.
+
+    Raises:
+        RuntimeError: if the exported graph contains control-flow operators.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = _frozen_copy(model)
+    hidden = torch.randn(2, model.config.num_layers, model.config.gru_hidden_size)
+    items, candidates = torch.tensor([1, 0]), torch.tensor([[1, 2, 3], [4, 5, 6]])
+    names = [GRU_STATE_INPUT, ITEMS_INPUT, CANDIDATES_INPUT]
+    batch = torch.export.Dim("batch")
+    dynamic = {name: {0: batch} for name in names}
+    dynamic[CANDIDATES_INPUT] = {0: batch, 1: torch.export.Dim("count")}
+    outputs = [f"{GRU_STATE_INPUT}_out", GRU_FEATURE_OUTPUT, SCORES_OUTPUT]
+    with torch.no_grad():
+        _export(_GRUStepGraph(model), (hidden, items, candidates), path, names, outputs, dynamic)
+    graph = _check_loop_free(path)
+    entry = onnx.StringStringEntryProto(key=CONFIG_KEY, value=json.dumps(model.config.to_dict()))
+    graph.metadata_props.append(entry)
+    onnx.save(graph, str(path))
     return path

@@ -4,6 +4,13 @@ Layout: item embedding → dropout → `num_layers`-layer GRU over the last `max
 clicks → hidden state at the last valid click → linear to D = user feature `F`; the score
 of item `i` is `F · E[i]` with the same item embedding table `E`.
 
+A GRU carries its state, so a device need not re-read the history: `init_state` and `step`
+fold one click into the `[B, layers, G]` hidden state in O(G² + G·D) (the GRU cell written
+out with the `nn.GRU` weights, so it exports to a loop-free ONNX graph:
+`seqrec.onnx_export.export_gru4rec_step`). Stepping a history of at most `max_len` clicks gives
+the forward's feature; a longer one keeps every click in the state, where the forward reads
+the last `max_len`.
+
 Letters used in shape comments:
     B  batch (users)          L  history length after compaction (<= max_len)
     C  candidate items        D  hidden width (embedding)
@@ -92,6 +99,48 @@ class GRU4Rec(SequentialRecommender):
         # Right-padded and causal: the output at a valid click never sees the pads.
         out, _ = self.gru(x)  # [B, L, D] -> [B, L, G]
         return self.head(out)  # [B, L, G] -> [B, L, D]
+
+    def init_state(self, batch_size: int = 1) -> torch.Tensor:
+        """`[B, layers, G]` zeros: the GRU's state before any click (as `nn.GRU` starts)."""
+        cfg = self.config
+        return torch.zeros(batch_size, cfg.num_layers, cfg.gru_hidden_size)
+
+    def step(self, state: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fold one click per user into the state (item 0 = no click, state kept).
+
+        Args:
+            state: `[B, layers, G]` hidden states.
+            items: `[B]` clicked item ids.
+        Returns:
+            `(state, F)` with `F` the `[B, D]` user feature after the click.
+        """
+        x = self.item_embedding(items)  # [B, D]
+        layers = []
+        for layer in range(self.config.num_layers):
+            x = self._cell(x, state[:, layer], layer)  # [B, G]
+            layers.append(x)
+        new = torch.stack(layers, dim=1)  # [B, layers, G]
+        new = torch.where((items != 0)[:, None, None], new, state)
+        return new, self.head(new[:, -1])
+
+    def _cell(self, x: torch.Tensor, h: torch.Tensor, layer: int) -> torch.Tensor:
+        """One GRU cell of `layer` with `nn.GRU`'s weights (gate order r, z, n)."""
+        w_ih = getattr(self.gru, f"weight_ih_l{layer}")  # [3G, in]
+        w_hh = getattr(self.gru, f"weight_hh_l{layer}")  # [3G, G]
+        b_ih = getattr(self.gru, f"bias_ih_l{layer}")
+        b_hh = getattr(self.gru, f"bias_hh_l{layer}")
+        gi = x @ w_ih.t() + b_ih  # [B, 3G]
+        gh = h @ w_hh.t() + b_hh  # [B, 3G]
+        i_r, i_z, i_n = gi.chunk(3, dim=-1)
+        h_r, h_z, h_n = gh.chunk(3, dim=-1)
+        reset = torch.sigmoid(i_r + h_r)
+        update = torch.sigmoid(i_z + h_z)
+        candidate = torch.tanh(i_n + reset * h_n)
+        return (1 - update) * candidate + update * h
+
+    def score_features(self, features: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits `[B, C]` of candidate ids `items [B, C]` for user features `[B, D]`."""
+        return torch.einsum("bcd,bd->bc", self.item_embedding(items), features)
 
     def score(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         feature = self.encode(history)  # [B, D]

@@ -196,3 +196,54 @@ def test_din_config_accepts_lists_as_tuples():
     config = DINConfig(num_items=5, attention_hidden_sizes=[8, 4], mlp_hidden_sizes=[8])
     assert config.attention_hidden_sizes == (8, 4)
     assert config.mlp_hidden_sizes == (8,)
+
+
+# ---------------------------------------------------------------- GRU4Rec carries its state
+
+
+def _gru_with_long_window(max_len: int) -> GRU4Rec:
+    torch.manual_seed(1)
+    config = GRU4RecConfig(num_items=NUM_ITEMS, hidden_size=16, max_len=max_len, num_layers=2)
+    return GRU4Rec(config).eval()
+
+
+def test_gru4rec_stepping_equals_its_forward_click_by_click():
+    model = _gru_with_long_window(max_len=300)
+    generator = torch.Generator().manual_seed(2)
+    history = torch.randint(1, NUM_ITEMS + 1, (3, 250), generator=generator)
+    history[1, 100:] = 0  # a shorter user: pads never move its state
+    state = model.init_state(3)
+    with torch.no_grad():
+        for t in range(history.shape[1]):
+            state, feature = model.step(state, history[:, t])
+            if t in (0, 9, 99, 249):
+                expected = model.encode(history[:, : t + 1])
+                torch.testing.assert_close(feature, expected, atol=1e-5, rtol=1e-4)
+        expected = model.encode(history[1:2, :100])
+        torch.testing.assert_close(feature[1:2], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_gru4rec_step_graph_under_onnxruntime_equals_the_torch_step(tmp_path):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from seqrec.onnx_export import export_gru4rec_step
+
+    model = _gru_with_long_window(max_len=MAX_LEN)
+    path = export_gru4rec_step(model, tmp_path / "gru_step.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    clicks = torch.tensor([[4, 9], [0, 3], [17, 0], [40, 1]])  # a 0 is "no click"
+    candidates = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
+    state, hidden = model.init_state(2), np.zeros((2, 2, 128), dtype=np.float32)
+    for items in clicks:
+        with torch.no_grad():
+            state, feature = model.step(state, items)
+            scores = model.score_features(feature, candidates)
+        feeds = {"hidden": hidden, "items": items.numpy(), "candidates": candidates.numpy()}
+        hidden, found_feature, found_scores = session.run(None, feeds)
+        np.testing.assert_allclose(hidden, state.numpy(), atol=1e-5)
+        np.testing.assert_allclose(found_feature, feature.numpy(), atol=1e-5)
+        np.testing.assert_allclose(found_scores, scores.numpy(), atol=1e-5)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert not ops & {"Loop", "Scan", "If"}
