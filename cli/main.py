@@ -45,6 +45,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
      "How good are the cloud's candidate lists, and how much does a fresh one beat a stale one?"),
     ("collab-ablation", "cli.tables",
      "Ablation of LSC4Rec's collaborative training on the device model, and of score fusion"),
+    ("frontier", "cli.tables",
+     "Device models at a per-click budget"),
     ("demo", "cli.demo", "the end-to-end demo on MovieLens-100k"),
 )  # fmt: skip
 

@@ -1,5 +1,5 @@
 """The experiment scripts of `simulations/` as subcommands: `lsc4rec model-table …`,
-`ttt-grid`, `llm-grid`, `candidate-table`, `collab-ablation`.
+`ttt-grid`, `llm-grid`, `candidate-table`, `collab-ablation`, `frontier`.
 
 Each keeps its own argument parser (`lsc4rec model-table --help` prints it); the subcommand
 hands it every argument after its name.
@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import argparse
 
-from simulations import candidate_table, collab_ablation, llm_grid, model_table, ttt_grid
+from simulations import (
+    candidate_table,
+    collab_ablation,
+    frontier,
+    llm_grid,
+    model_table,
+    ttt_grid,
+)
 
 SCRIPTS = {
     "model-table": model_table,
@@ -17,6 +24,7 @@ SCRIPTS = {
     "llm-grid": llm_grid,
     "candidate-table": candidate_table,
     "collab-ablation": collab_ablation,
+    "frontier": frontier,
 }
 
 

@@ -114,3 +114,37 @@ def test_runs_of_the_two_protocols_do_not_merge(two_parts, tmp_path, capsys):
     merge = ["--merge", str(two_parts / "part0"), str(tmp_path / "last")]
     assert main(merge + ["--out", str(tmp_path / "merged")]) == 2
     assert "different protocol" in capsys.readouterr().err
+
+
+def test_frontier_marks_the_points_no_other_beats_on_cost_and_accuracy():
+    from simulations.frontier import Point, mark_frontier
+
+    def point(model, ndcg, ms, protocol="last"):
+        return Point(protocol, model, 50, [], 64, 3, ndcg, 0.0, p50_ms=ms)
+
+    points = [
+        point("cheap", 0.10, 0.05),
+        point("dominated", 0.09, 0.20),  # dearer and worse than "cheap"
+        point("best", 0.14, 1.00),
+        point("middle", 0.12, 0.30),
+        point("other protocol", 0.01, 0.01, protocol="training-part"),
+    ]
+    mark_frontier(points)
+    on = {p.model for p in points if p.on_frontier}
+    assert on == {"cheap", "best", "middle", "other protocol"}
+
+
+def test_frontier_end_to_end_on_two_model_tables(two_parts, tmp_path):
+    from simulations import frontier
+
+    out = tmp_path / "frontier"
+    argv = ["--tables", str(two_parts / "part0"), str(two_parts / "part1")]
+    assert frontier.main(argv + ["--iters", "20", "--warmup", "5", "--out", str(out)]) == 0
+    payload = json.loads((out / "frontier.json").read_text())
+    points = {p["model"]: p for p in payload["points"]}
+    assert set(points) == {"gru4rec", "ttt4rec"}
+    assert all(p["seeds"] == 2 and p["p50_ms"] > 0 for p in points.values())
+    assert all(p["runtime"] == "onnxruntime step graph" for p in points.values())
+    assert any(p["on_frontier"] for p in points.values())
+    assert (out / "frontier.png").stat().st_size > 0
+    assert "gru4rec L=" in (out / "frontier.md").read_text()
