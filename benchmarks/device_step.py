@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +42,7 @@ from seqrec.models.sasrec import SASRec, SASRecConfig
 from seqrec.models.ttt4rec import TTT4Rec, TTT4RecConfig
 from seqrec.onnx_export import export_scorer, export_step
 from shared.candidates import CandidateList
+from shared.timing import time_calls
 
 BUDGET_P50_MS = 0.1  # ONNX step + rerank of 50 candidates (docs/design.md §5)
 MOONSHOT_P50_MS = 0.05  # the design's aim
@@ -71,19 +70,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
-
-
-def time_calls(fn: Callable[[int], object], iters: int, warmup: int) -> tuple[float, float]:
-    """p50 and p95 wall time in ms of `fn(i)` over `iters` calls after `warmup` calls."""
-    for i in range(warmup):
-        fn(i)
-    times = []
-    for i in range(iters):
-        start = time.perf_counter_ns()
-        fn(warmup + i)
-        times.append((time.perf_counter_ns() - start) / 1e6)
-    cuts = statistics.quantiles(times, n=100)
-    return statistics.median(times), cuts[94]
 
 
 def _reranker(candidates: torch.Tensor, history: torch.Tensor, num_items: int) -> Callable:

@@ -22,12 +22,12 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from shared.timing import time_calls
 
 BUDGET_MS = 0.1  # the device's per-click budget (docs/design.md §5)
 METRIC = "NDCG@10"
@@ -103,18 +103,6 @@ def mark_frontier(points: list[Point]) -> None:
         )
 
 
-def time_calls(fn: Callable[[int], object], iters: int, warmup: int) -> float:
-    """p50 wall time in ms of `fn(i)` over `iters` calls after `warmup` calls."""
-    for i in range(warmup):
-        fn(i)
-    times = []
-    for i in range(iters):
-        start = time.perf_counter_ns()
-        fn(warmup + i)
-        times.append((time.perf_counter_ns() - start) / 1e6)
-    return statistics.median(times)
-
-
 def click_cost(point: Point, num_items: int, args: argparse.Namespace) -> tuple[float, str]:
     """p50 ms of one click of a freshly initialised model of the point's configuration (the
     cost does not depend on the weights), and the runtime that ran it."""
@@ -159,7 +147,7 @@ def _stateful_cost(model, candidates: np.ndarray, clicks: np.ndarray, args) -> f
                 )
                 return scores
 
-            return time_calls(click, args.iters, args.warmup)
+            return time_calls(click, args.iters, args.warmup)[0]
         path = export_gru4rec_step(model, Path(folder) / "gru.onnx")
         session = ort.InferenceSession(
             str(path), session_options(1), providers=["CPUExecutionProvider"]
@@ -172,7 +160,7 @@ def _stateful_cost(model, candidates: np.ndarray, clicks: np.ndarray, args) -> f
         holder["hidden"], _, scores = session.run(None, feeds)
         return scores
 
-    return time_calls(gru_click, args.iters, args.warmup)
+    return time_calls(gru_click, args.iters, args.warmup)[0]
 
 
 def _recompute_cost(model, candidates: np.ndarray, clicks: np.ndarray, length: int, args) -> float:
@@ -187,7 +175,7 @@ def _recompute_cost(model, candidates: np.ndarray, clicks: np.ndarray, length: i
         with torch.inference_mode():
             return model.score(window, cands)
 
-    return time_calls(click, args.iters, args.warmup)
+    return time_calls(click, args.iters, args.warmup)[0]
 
 
 def markdown(points: list[Point]) -> str:
