@@ -94,6 +94,28 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         "--attention-dropout", type=float, default=None, help="item-lm: attention dropout"
     )
     group.add_argument(
+        "--id-dropout",
+        type=float,
+        default=None,
+        help="item-lm: share of items trained each step without their id part (DropoutNet), "
+        "so items no one has clicked are scored from their text and attributes",
+    )
+    group.add_argument(
+        "--text-match",
+        type=int,
+        default=None,
+        metavar="K",
+        help="item-lm: add a learned weight times the cosine of an item's text with the mean "
+        "text of the last K clicks (0 = off)",
+    )
+    group.add_argument(
+        "--unknown-id",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="item-lm: items without an id part share one learned unknown-item vector "
+        "(trained through --id-dropout) instead of none",
+    )
+    group.add_argument(
         "--max-history",
         type=int,
         default=None,
@@ -227,6 +249,9 @@ def build_item_lm_configs(args: argparse.Namespace):
             d_ff="d_ff",
             dropout="dropout",
             attention_dropout="attention_dropout",
+            id_dropout="id_dropout",
+            unknown_id="unknown_id",
+            text_match="text_match",
             max_len="max_history",
         ),
     )

@@ -69,6 +69,9 @@ class ItemLMConfig(SRMConfig):
     num_attributes: int = 0  # size of the item-attribute vocabulary (0 = ids only)
     text_dim: int = 0  # width of the frozen item text vectors (0 = no text)
     mask_unseen_ids: bool = False  # zero the id part of items with no training click
+    id_dropout: float = 0.0  # training: share of items whose id part is zeroed per step
+    unknown_id: bool = False  # an item without an id part gets one learned "unknown" vector
+    text_match: int = 0  # k: add a learned weight × cos(item text, mean text of the last k clicks)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -86,8 +89,12 @@ class ItemLMConfig(SRMConfig):
             raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
         if self.num_attributes < 0:
             raise ValueError(f"num_attributes must be >= 0, got {self.num_attributes}")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
         if self.text_dim < 0:
             raise ValueError(f"text_dim must be >= 0, got {self.text_dim}")
+        if self.text_match < 0:
+            raise ValueError(f"text_match must be >= 0, got {self.text_match}")
 
 
 def build_decoder(config: ItemLMConfig):
@@ -152,17 +159,40 @@ class ItemLanguageModel(SequentialRecommender):
         if config.mask_unseen_ids:
             known = _item_rows(known, config, (), "known", torch.float32)
             self.register_buffer("id_known", known.unsqueeze(-1))  # [N, 1]: 1 seen, 0 never
+        self.match_weight = None
+        if config.text_match and not config.text_dim:
+            raise ValueError("text_match needs item text (text_dim > 0)")
+        if config.text_match:
+            # unit rows of the (centred) text vectors: a cosine is one product
+            unit = nn.functional.normalize(self.item_text, dim=-1)
+            self.register_buffer("unit_text", unit, persistent=False)  # [N, T], derived
+            self.match_weight = nn.Parameter(torch.zeros(()))
+        self.unknown_id = None
+        if config.unknown_id:
+            self.unknown_id = nn.Parameter(torch.zeros(config.hidden_size))
+            nn.init.normal_(self.unknown_id, std=0.02)
 
     @property
     def item_embedding(self) -> nn.Embedding:
         return self.lm.get_input_embeddings()
 
     def all_item_features(self) -> torch.Tensor:
-        """`[N, D]`: id embedding (zero for items never seen in training, when masked) plus
-        the mean of the item's attribute embeddings plus its projected text vector."""
-        features = self.item_embedding.weight
+        """`[N, D]`: id part (its embedding; for an item never seen in training, when masked,
+        zero or the learned unknown-item vector) plus the mean of the item's attribute
+        embeddings plus its projected text vector."""
+        ids = self.item_embedding.weight
+        has_id = torch.ones(ids.shape[0], 1, dtype=ids.dtype, device=ids.device)
         if self.config.mask_unseen_ids:
-            features = features * self.id_known
+            has_id = self.id_known
+        if self.training and self.config.id_dropout:
+            # DropoutNet (Volkovs et al., 2017): items trained now and then without their id
+            # part, as a cold item is served, so the model learns to score from content
+            # alone; no rescaling, so a dropped item looks exactly like a cold one.
+            keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.config.id_dropout
+            has_id = has_id * keep.to(ids.dtype)
+        features = ids * has_id
+        if self.unknown_id is not None:
+            features = features + (1 - has_id) * self.unknown_id
         if self.attributes is not None:
             features = features + self.attributes(self.attr_index, self.attr_offsets)
         if self.text_proj is not None:
@@ -190,17 +220,43 @@ class ItemLanguageModel(SequentialRecommender):
         return gather_last(self.encode_positions(compact, features), lengths)
 
     def score(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        features = self.all_item_features()
-        state = self.encode(history, features)  # [B, D]
-        return (features[items] @ state.unsqueeze(-1)).squeeze(-1)  # [B, C]
+        return self.score_all(history).gather(1, items)  # [B, N] -> [B, C]
 
-    def score_all(self, history: torch.Tensor) -> torch.Tensor:
-        features = self.all_item_features()  # once: the input and the output embedding
-        return self.encode(history, features) @ features.t()  # [B, D] @ [D, N]
+    def score_all(
+        self, history: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`[B, L_in]` ids -> `[B, N]` next-item logits after the last click.
+
+        `features`: `all_item_features()` when the caller already has them (computed once).
+        """
+        features = self.all_item_features() if features is None else features
+        compact, lengths = compact_history(history, self.config.max_len)
+        state = gather_last(self.encode_positions(compact, features), lengths)  # [B, D]
+        logits = state @ features.t()  # [B, D] @ [D, N]
+        if self.match_weight is not None:
+            recent = gather_last(self._recent_text(compact), lengths)  # [B, T]
+            logits = logits + self.match_weight * self._text_match(recent)
+        return logits
 
     def score_positions_all(self, history: torch.Tensor) -> torch.Tensor:
         features = self.all_item_features()
-        return self.encode_positions(history, features) @ features.t()  # [B, L, D] @ [D, N]
+        logits = self.encode_positions(history, features) @ features.t()  # [B, L, D] @ [D, N]
+        if self.match_weight is not None:
+            logits = logits + self.match_weight * self._text_match(self._recent_text(history))
+        return logits
+
+    def _recent_text(self, history: torch.Tensor) -> torch.Tensor:
+        """`[B, L]` right-padded ids -> `[B, L, T]`: at each position, the sum of the unit text
+        vectors of the last k clicks up to it (a running window, pads count zero)."""
+        k = self.config.text_match
+        text = self.unit_text[history] * (history != 0).unsqueeze(-1).to(self.unit_text.dtype)
+        total = text.cumsum(dim=1)  # [B, L, T]
+        before = nn.functional.pad(total, (0, 0, k, 0))[:, : history.shape[1]]  # shifted by k
+        return total - before
+
+    def _text_match(self, recent: torch.Tensor) -> torch.Tensor:
+        """`[…, T]` window sums -> `[…, N]` cosine of each item's text with their mean."""
+        return nn.functional.normalize(recent, dim=-1) @ self.unit_text.t()
 
 
 def _item_rows(values, config: ItemLMConfig, shape: tuple, what: str, dtype) -> torch.Tensor:
@@ -344,8 +400,7 @@ class ItemSequenceGenerator(GeneratorBase):
     ) -> list[CandidateList]:
         self.model.eval()
         padded = torch.from_numpy(pad_histories(histories, self.config.max_len))  # [B, L]
-        features = self.item_vectors()
-        logits = self.model.encode(padded, features) @ features.t()  # [B, N]
+        logits = self.model.score_all(padded, self.item_vectors())  # [B, N]
         log_probs = torch.log_softmax(logits[:, 1:], dim=-1)  # [B, N-1]
         for row, items in enumerate(masked):
             log_probs[row, torch.from_numpy(items - 1)] = float("-inf")  # history + exclusion
@@ -429,6 +484,10 @@ def side_tensor_names(config: ItemLMConfig) -> tuple[str, ...]:
         names += ("item_text", "text_proj.weight")
     if config.mask_unseen_ids:
         names += ("id_known",)
+    if config.unknown_id:
+        names += ("unknown_id",)
+    if config.text_match:
+        names += ("match_weight",)
     return names
 
 

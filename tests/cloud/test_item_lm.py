@@ -41,12 +41,17 @@ def _create(
 
 @pytest.fixture(
     scope="module",
-    params=[(False, False), (True, False), (True, True)],
-    ids=["ids", "attributes", "attributes+text"],
+    params=[(False, False, 0), (True, False, 0), (True, True, 0), (False, True, 3)],
+    ids=["ids", "attributes", "attributes+text", "text+match"],
 )
 def generator(request, tiny_data):
-    attributes, text = request.param
-    return _create(tiny_data[0].num_items, attributes=attributes, text=text)
+    attributes, text, match = request.param
+    generator = _create(tiny_data[0].num_items, attributes=attributes, text=text, text_match=match)
+    if match:
+        with torch.no_grad():  # a weight far from its zero start, so the term shows
+            generator.model.match_weight.fill_(3.0)
+        generator.refresh_model_version()
+    return generator
 
 
 def test_candidates_are_valid_distinct_unseen_and_ranked(generator):
@@ -84,7 +89,12 @@ def test_top_n_matches_a_plain_forward_pass_over_a_long_history(generator):
         features = model.all_item_features()  # [N, D] the input and output item vectors
         window = torch.from_numpy(history[-generator.config.max_len :])[None]  # [1, L]
         hidden = model.lm.model(inputs_embeds=features[window]).last_hidden_state[0, -1]
-        log_probs = torch.log_softmax(hidden @ features[1:].t(), dim=-1).numpy()
+        logits = hidden @ features[1:].t()
+        if model.config.text_match:  # + w · cos(item text, mean text of the last k clicks)
+            unit = torch.nn.functional.normalize(model.item_text, dim=-1)
+            recent = unit[window[0, -model.config.text_match :]].mean(0)
+            logits = logits + model.match_weight * (unit[1:] @ (recent / recent.norm()))
+        log_probs = torch.log_softmax(logits, dim=-1).numpy()
     log_probs[np.unique(history) - 1] = -np.inf  # the whole history, not only the window
     expected = np.argsort(-log_probs, kind="stable")[:15] + 1
     assert found.items.tolist() == expected.tolist()
@@ -195,3 +205,22 @@ def test_a_llama_configuration_works_the_same_way(tmp_path):
     again = load_generator(tmp_path / "llama")
     assert again.generate([[4, 9]], n=10)[0].items.tolist() == found.items.tolist()
     assert again.model_version.startswith("llama-items-")
+
+
+def test_id_dropout_trains_some_items_as_cold_ones_and_never_serves_that_way():
+    num_items = 200
+    generator = _create(num_items, attributes=True, text=True, id_dropout=0.5)
+    model = generator.model
+    with torch.no_grad():
+        full = model.eval().all_item_features()
+        content = full - model.item_embedding.weight * model.id_known  # attributes + text
+        dropped = model.train().all_item_features()
+    model.eval()
+    as_cold = torch.isclose(dropped, content, atol=1e-7).all(dim=1)
+    as_warm = torch.isclose(dropped, full, atol=1e-7).all(dim=1)
+    assert bool((as_cold | as_warm).all())  # each item whole: its id part kept or dropped
+    assert 0.3 < as_cold[1:].float().mean() < 0.7  # about half of them dropped
+    with torch.no_grad():
+        torch.testing.assert_close(model.all_item_features(), full)  # eval: never dropped
+    with pytest.raises(ValueError, match="id_dropout must be in"):
+        ItemLMConfig(num_items=5, id_dropout=1.0)
