@@ -5,8 +5,10 @@ training part (history = `s_1 … s_{n−T−1}`) and scored against the validat
 `s_{n−T}`: Recall@N (the target is in the list), NDCG@10 of the list's own ranking (0 outside
 the top 10), and Recall@N on the users whose target is a rare item (at most `--rare-max`
 training clicks). Rows: each generator (`--model`, several side by side), the top-N of device
-SRM checkpoints (`--srm`, history excluded), the most popular training items, and a uniform
-random list.
+SRM checkpoints (`--srm`, history excluded), the most popular training items, a uniform
+random list, and with `--text-knn K` the items whose text is nearest the mean text of the
+last K clicks (the sentence encoder of `cloud.item_text`, no training: what the text alone
+knows).
 
 Cold items (`--cold-items 0.1`): a seeded 10% of the items lose every interaction from the
 training parts (`shared.splits.split_stream`); the generators must have been trained the same
@@ -80,6 +82,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--cold-seed", type=int, default=0, help="seed of the cold items")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random lists")
+    parser.add_argument(
+        "--text-knn",
+        type=int,
+        default=0,
+        metavar="K",
+        help="add the items nearest in text to the mean text of the last K clicks (0 = off)",
+    )
+    parser.add_argument("--text-model", default=None, metavar="PATH", help="encoder folder")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/candidate_table")
     return parser.parse_args(argv)
@@ -110,6 +120,20 @@ def random_lists(histories, num_items: int, n: int, seed: int = 0) -> list[np.nd
     for history in histories:
         allowed = np.setdiff1d(np.arange(1, num_items + 1), history)
         out.append(rng.choice(allowed, size=min(n, len(allowed)), replace=False))
+    return out
+
+
+def text_knn_lists(vectors: np.ndarray, histories, k: int, n: int) -> list[np.ndarray]:
+    """Per history, the n items outside it whose text vector (unit rows of `vectors`, item i
+    = row i) has the largest cosine with the mean of the last `k` clicks' vectors."""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    out = []
+    for history in histories:
+        query = unit[np.asarray(history[-k:], dtype=np.int64)].mean(axis=0)
+        scores = unit @ query
+        scores[0] = -np.inf
+        scores[np.asarray(history, dtype=np.int64)] = -np.inf
+        out.append(np.argsort(-scores, kind="stable")[:n])
     return out
 
 
@@ -321,6 +345,13 @@ def main(argv=None) -> int:
     rows.append(_timed("most popular", make, targets, args.n, rare, cold))
     make = lambda: random_lists(histories, dataset.num_items, args.n, args.seed)  # noqa: E731
     rows.append(_timed("uniform random", make, targets, args.n, rare, cold))
+    if args.text_knn:
+        from cloud.item_text import dataset_text_vectors
+
+        vectors = dataset_text_vectors(dataset, "on", args.text_model)
+        make = lambda: text_knn_lists(vectors, histories, args.text_knn, args.n)  # noqa: E731
+        label = f"text neighbours of the last {args.text_knn} clicks (no training)"
+        rows.append(_timed(label, make, targets, args.n, rare, cold))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cold_count = int(cold.sum()) if cold is not None else -1

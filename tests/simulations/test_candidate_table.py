@@ -10,6 +10,7 @@ from simulations.candidate_table import (
     fresh_stale_rows,
     list_metrics,
     random_lists,
+    text_knn_lists,
 )
 from simulations.request_rate import bootstrap_indices
 
@@ -64,3 +65,11 @@ def test_a_generator_trained_on_other_cold_items_is_refused(tmp_path):
     check_cold_training(str(tmp_path), 0.0, 0)
     with pytest.raises(ValueError, match="--cold-items 0.1"):
         check_cold_training(str(tmp_path), 0.1, 0)
+
+
+def test_text_neighbours_rank_by_cosine_with_the_recent_clicks_and_skip_the_history():
+    vectors = np.array([[0, 0], [1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [0.7, 0.7]])
+    lists = text_knn_lists(vectors, [np.array([3, 1])], k=1, n=3)  # the last click: item 1
+    assert lists[0].tolist() == [2, 5, 4]  # nearest to item 1 first; items 1 and 3 left out
+    lists = text_knn_lists(vectors, [np.array([1, 4])], k=2, n=1)  # mean of items 1 and 4
+    assert lists[0].tolist() == [5]
