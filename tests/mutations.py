@@ -60,6 +60,8 @@ ONNX = ("tests/device/test_onnx.py",)
 EXCLUSION = ("tests/cloud/test_server.py", "tests/simulations/test_replay.py")
 FUSION = ("tests/device/test_fusion.py",)
 STARTUP = ("tests/cloud/test_startup.py",)
+ITEM_TEXT = ("tests/cloud/test_item_text.py",)
+COLD = ("tests/shared/test_splits.py",)
 
 MUTATIONS = (
     Mutation(
@@ -180,6 +182,27 @@ MUTATIONS = (
         "for name, dtype, array in zip(STATE_NAMES, self._dtypes, state.arrays)",
         "for name, dtype, array in zip(STATE_NAMES, self._dtypes, state.arrays[::-1])",
         ONNX,
+    ),
+    Mutation(
+        "text pooling averages the padding tokens too",
+        "cloud/item_text.py",
+        "pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)",
+        "pooled = hidden.mean(1)",
+        ITEM_TEXT,
+    ),
+    Mutation(
+        "cold items stay in the training parts",
+        "shared/splits.py",
+        "train = [part[~np.isin(part, cold)] for part in train]",
+        "train = [part for part in train]",
+        COLD,
+    ),
+    Mutation(
+        "items never clicked in training keep their id embedding",
+        "cloud/item_lm.py",
+        "            has_id = self.id_known\n",
+        "            has_id = torch.ones_like(self.id_known)\n",
+        ITEM_TEXT,
     ),
 )
 
