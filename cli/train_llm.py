@@ -109,6 +109,13 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         "text of the last K clicks (0 = off)",
     )
     group.add_argument(
+        "--text-expert",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="item-lm: mix the LM's distribution with a text expert over the --text-match K "
+        "clicks (a learned gate and temperature)",
+    )
+    group.add_argument(
         "--unknown-id",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -252,6 +259,7 @@ def build_item_lm_configs(args: argparse.Namespace):
             id_dropout="id_dropout",
             unknown_id="unknown_id",
             text_match="text_match",
+            text_expert="text_expert",
             max_len="max_history",
         ),
     )

@@ -72,6 +72,7 @@ class ItemLMConfig(SRMConfig):
     id_dropout: float = 0.0  # training: share of items whose id part is zeroed per step
     unknown_id: bool = False  # an item without an id part gets one learned "unknown" vector
     text_match: int = 0  # k: add a learned weight × cos(item text, mean text of the last k clicks)
+    text_expert: bool = False  # mix the LM with a text expert (a softmax over that cosine)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -162,6 +163,14 @@ class ItemLanguageModel(SequentialRecommender):
         self.match_weight = None
         if config.text_match and not config.text_dim:
             raise ValueError("text_match needs item text (text_dim > 0)")
+        if config.text_expert and not config.text_match:
+            raise ValueError("text_expert needs text_match (the k clicks it reads)")
+        self.expert_gate = self.expert_scale = None
+        if config.text_expert:
+            # p = (1 − g)·p_LM + g·softmax(s · cos): a content expert that can place an item
+            # the id-driven LM scores low; g starts at 0.05 and s at 10, both learned
+            self.expert_gate = nn.Parameter(torch.tensor(-3.0))
+            self.expert_scale = nn.Parameter(torch.tensor(10.0))
         if config.text_match:
             # unit rows of the (centred) text vectors: a cosine is one product
             unit = nn.functional.normalize(self.item_text, dim=-1)
@@ -235,15 +244,28 @@ class ItemLanguageModel(SequentialRecommender):
         logits = state @ features.t()  # [B, D] @ [D, N]
         if self.match_weight is not None:
             recent = gather_last(self._recent_text(compact), lengths)  # [B, T]
-            logits = logits + self.match_weight * self._text_match(recent)
+            logits = self._with_text(logits, self._text_match(recent))
         return logits
 
     def score_positions_all(self, history: torch.Tensor) -> torch.Tensor:
         features = self.all_item_features()
         logits = self.encode_positions(history, features) @ features.t()  # [B, L, D] @ [D, N]
         if self.match_weight is not None:
-            logits = logits + self.match_weight * self._text_match(self._recent_text(history))
+            logits = self._with_text(logits, self._text_match(self._recent_text(history)))
         return logits
+
+    def _with_text(self, logits: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
+        """The LM's logits with the text match: added with a learned weight, or, with the
+        text expert, the log of the mixture (log-probabilities: a softmax of them is the
+        mixture itself, so the full-softmax loss and the top-N need no change)."""
+        if self.expert_gate is None:
+            return logits + self.match_weight * match
+        lm = torch.log_softmax(logits + self.match_weight * match, dim=-1)
+        text = torch.log_softmax(self.expert_scale * match, dim=-1)
+        gate = self.expert_gate
+        return torch.logaddexp(
+            lm + nn.functional.logsigmoid(-gate), text + nn.functional.logsigmoid(gate)
+        )
 
     def _recent_text(self, history: torch.Tensor) -> torch.Tensor:
         """`[B, L]` right-padded ids -> `[B, L, T]`: at each position, the sum of the unit text
@@ -488,6 +510,8 @@ def side_tensor_names(config: ItemLMConfig) -> tuple[str, ...]:
         names += ("unknown_id",)
     if config.text_match:
         names += ("match_weight",)
+    if config.text_expert:
+        names += ("expert_gate", "expert_scale")
     return names
 
 

@@ -41,15 +41,30 @@ def _create(
 
 @pytest.fixture(
     scope="module",
-    params=[(False, False, 0), (True, False, 0), (True, True, 0), (False, True, 3)],
-    ids=["ids", "attributes", "attributes+text", "text+match"],
+    params=[
+        (False, False, 0, False),
+        (True, False, 0, False),
+        (True, True, 0, False),
+        (False, True, 3, False),
+        (True, True, 2, True),
+    ],
+    ids=["ids", "attributes", "attributes+text", "text+match", "text+expert"],
 )
 def generator(request, tiny_data):
-    attributes, text, match = request.param
-    generator = _create(tiny_data[0].num_items, attributes=attributes, text=text, text_match=match)
+    attributes, text, match, expert = request.param
+    generator = _create(
+        tiny_data[0].num_items,
+        attributes=attributes,
+        text=text,
+        text_match=match,
+        text_expert=expert,
+    )
     if match:
-        with torch.no_grad():  # a weight far from its zero start, so the term shows
+        with torch.no_grad():  # weights far from their start, so every term shows
             generator.model.match_weight.fill_(3.0)
+            if expert:
+                generator.model.expert_gate.fill_(0.5)
+                generator.model.expert_scale.fill_(4.0)
         generator.refresh_model_version()
     return generator
 
@@ -89,12 +104,18 @@ def test_top_n_matches_a_plain_forward_pass_over_a_long_history(generator):
         features = model.all_item_features()  # [N, D] the input and output item vectors
         window = torch.from_numpy(history[-generator.config.max_len :])[None]  # [1, L]
         hidden = model.lm.model(inputs_embeds=features[window]).last_hidden_state[0, -1]
-        logits = hidden @ features[1:].t()
+        logits = hidden @ features.t()  # [N], item 0 (padding) included until the end
         if model.config.text_match:  # + w · cos(item text, mean text of the last k clicks)
             unit = torch.nn.functional.normalize(model.item_text, dim=-1)
             recent = unit[window[0, -model.config.text_match :]].mean(0)
-            logits = logits + model.match_weight * (unit[1:] @ (recent / recent.norm()))
-        log_probs = torch.log_softmax(logits, dim=-1).numpy()
+            match = unit @ (recent / recent.norm())
+            logits = logits + model.match_weight * match
+        if model.config.text_expert:  # log((1 − g)·p_LM + g·softmax(s · match))
+            g = torch.sigmoid(model.expert_gate)
+            lm = torch.softmax(logits, dim=-1)
+            text = torch.softmax(model.expert_scale * match, dim=-1)
+            logits = torch.log((1 - g) * lm + g * text)
+        log_probs = torch.log_softmax(logits[1:], dim=-1).numpy()
     log_probs[np.unique(history) - 1] = -np.inf  # the whole history, not only the window
     expected = np.argsort(-log_probs, kind="stable")[:15] + 1
     assert found.items.tolist() == expected.tolist()
