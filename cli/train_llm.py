@@ -24,6 +24,7 @@ from cloud.generator import CandidateGenerator
 from cloud.item_lm import ItemLMConfig, ItemSequenceGenerator
 from cloud.item_text import TEXT_MODES, dataset_text_vectors
 from cloud.training import item_lm_train_config, train_generator, train_item_lm
+from shared.options import add_cold_item_args
 from shared.progress import progress_write
 from shared.splits import split_stream
 
@@ -182,14 +183,7 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--max-eval-users", type=int, default=0, help="0 = every stream user")
     group.add_argument("--test-window", type=int, default=10, help="online stream length T")
-    group.add_argument(
-        "--cold-items",
-        type=float,
-        default=0.0,
-        metavar="SHARE",
-        help="train without a seeded share of the items (cold-item protocol; 0 = none)",
-    )
-    group.add_argument("--cold-seed", type=int, default=0, help="seed of the cold items")
+    add_cold_item_args(group)
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
 

@@ -31,3 +31,17 @@ def parse_options(config_class, options: list[str]) -> dict:
         else:
             out[key] = value
     return out
+
+
+def add_cold_item_args(parser) -> None:
+    """`--cold-items SHARE` and `--cold-seed`: the cold-item protocol of `shared.splits`
+    (the same flags in `train-llm`, `llm-grid` and `candidate-table`)."""
+    parser.add_argument(
+        "--cold-items",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="cold-item protocol: a seeded share of the items is never in a training part "
+        "(0 = none)",
+    )
+    parser.add_argument("--cold-seed", type=int, default=0, help="seed of the cold items")

@@ -37,6 +37,7 @@ import numpy as np
 
 from shared.candidates import request_parts
 from shared.metrics import candidate_list_ranks, hit_rate, ndcg
+from shared.options import add_cold_item_args
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,14 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="add each generator's lists as served before the exclusion field (last L only)",
     )
-    parser.add_argument(
-        "--cold-items",
-        type=float,
-        default=0.0,
-        metavar="SHARE",
-        help="cold-item protocol: a seeded share of the items is never in a training part",
-    )
-    parser.add_argument("--cold-seed", type=int, default=0, help="seed of the cold items")
+    add_cold_item_args(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random lists")
     parser.add_argument(
         "--text-knn",

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.options import add_cold_item_args
+
 GRID_FILE = "llm_grid.json"
 
 
@@ -46,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--text", nargs="+", default=["off"], choices=("off", "on"))
     parser.add_argument("--text-model", default=None, metavar="PATH", help="encoder folder")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: --seed")
-    parser.add_argument("--cold-items", type=float, default=0.0, metavar="SHARE")
+    add_cold_item_args(parser)
     parser.add_argument("--rare-max", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--patience", type=int, default=5)
@@ -219,7 +221,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     options = {"num_users": args.synthetic_users} if args.dataset == "synthetic" else {}
     dataset = load_dataset(args.dataset, **options)
-    split = split_stream(dataset, args.test_window, cold_share=args.cold_items)
+    split = split_stream(
+        dataset, args.test_window, cold_share=args.cold_items, cold_seed=args.cold_seed
+    )
     text = None
     if "on" in args.text:
         text = dataset_text_vectors(dataset, "on", args.text_model)
