@@ -14,6 +14,7 @@ Letters used in shape comments:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -124,6 +125,37 @@ def evaluate_in_lists(
         scores = _to_numpy(model.score(h, items))  # [u, N]
         ranks.append(scored_list_ranks(items.cpu().numpy(), scores, t.cpu().numpy()))
     return _summarize(ranks, ks)
+
+
+def carries_state(model: SequentialRecommender) -> bool:
+    """Whether a device can run `model` by folding each click into a carried state
+    (`init_state` and `step`, as TTT4Rec and GRU4Rec have) instead of re-reading a window."""
+    base = SequentialRecommender
+    return all(
+        getattr(type(model), name) is not getattr(base, name) for name in ("init_state", "step")
+    )
+
+
+@contextmanager
+def reading_whole_history(model: SequentialRecommender, length: int) -> Iterator[None]:
+    """Within the block, `model` reads up to `length` clicks instead of its `max_len`.
+
+    For a model that carries a state this is what a device computes by stepping every click
+    since the first (step = forward; see the parity tests), whatever window it trained on.
+    Models that re-read a window (SASRec: a position table of `max_len` rows) have no such
+    reading.
+
+    Raises:
+        ValueError: the model carries no state.
+    """
+    if not carries_state(model):
+        raise ValueError(f"{type(model).__name__} carries no state; it reads max_len clicks")
+    trained = model.config.max_len
+    model.config.max_len = max(trained, length)
+    try:
+        yield
+    finally:
+        model.config.max_len = trained
 
 
 def _as_long(x: ArrayLike) -> torch.Tensor:

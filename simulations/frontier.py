@@ -2,13 +2,18 @@
 
 Reads model-table outputs (`lsc4rec model-table`, one folder per history length and
 protocol, e.g. `--max-len 10 --loss ce --protocol last`), groups their runs into points
-(model, history length L, options), and times one click of each point on one thread:
+(model, training window L, options, reading), and times one click of each point on one
+thread. A point's reading is how a device runs the model, and its accuracy is measured the
+same way:
 
-- a model that carries a state (TTT4Rec, GRU4Rec) runs its ONNX step graph under
-  onnxruntime: the click folded in and the held list of `--candidates` scored in one run,
-  whatever L (TTT4Rec's surprise columns off, as a bundle whose policy does not read them);
-- a model without one (SASRec, DIN) has no device graph here: it re-reads its last L clicks
-  with torch and scores the list, as `seqrec.runners.HistoryRunner` does.
+- `window`: the model re-reads its last L clicks with torch at every click and scores the
+  held list of `--candidates`, as `seqrec.runners.HistoryRunner` does (SASRec and DIN have no
+  other way; TTT4Rec and GRU4Rec can run so too);
+- `stepping`: a model that carries a state (TTT4Rec, GRU4Rec) folds each click into it with
+  its ONNX step graph under onnxruntime, the held list scored in the same run, whatever the
+  history's length (TTT4Rec's surprise columns off, as a bundle whose policy does not read
+  them); its accuracy is the model-table's whole-history reading (the state built from every
+  click before the target, not from the last L).
 
 A point is on the frontier when no other point of the same protocol is both cheaper per click
 and more accurate. Writes `frontier.json`, `frontier.md` and `frontier.png` into `--out`.
@@ -31,6 +36,9 @@ from shared.timing import time_calls
 
 BUDGET_MS = 0.1  # the device's per-click budget (docs/design.md §5)
 METRIC = "NDCG@10"
+WINDOW, STEPPING = "window", "stepping"
+# where a run's accuracy under each reading is (`simulations.model_table`)
+READING_KEYS = {WINDOW: "full", STEPPING: "full_whole_history"}
 
 
 @dataclass
@@ -39,12 +47,13 @@ class Point:
 
     protocol: str
     model: str
-    max_len: int
+    max_len: int  # the training window
     options: list[str]  # config fields of the model beside the defaults, "KEY=VALUE"
     hidden_size: int
     seeds: int
     ndcg10: float
     ndcg10_sd: float
+    reading: str = WINDOW  # WINDOW or STEPPING
     p50_ms: float = float("nan")
     runtime: str = ""
     on_frontier: bool = False
@@ -52,6 +61,8 @@ class Point:
     @property
     def label(self) -> str:
         extra = f" ({', '.join(self.options)})" if self.options else ""
+        if self.reading == STEPPING:
+            return f"{self.model} trained L={self.max_len}, stepping{extra}"
         return f"{self.model} L={self.max_len}{extra}"
 
 
@@ -76,19 +87,27 @@ def load_points(folders: list[str]) -> list[Point]:
         payload = json.loads(path.read_text())
         for run in payload.get("runs", []):
             settings = run.get("settings", {})
-            key = (
+            setting = (
                 settings.get("protocol", "training-part"),
                 run["model"],
                 int(settings.get("max_len", payload["args"].get("max_len", 50))),
                 tuple(o.split(":", 1)[1] for o in settings.get("options", [])),
                 int(settings.get("hidden_size", payload["args"].get("hidden_size", 64))),
             )
-            groups.setdefault(key, []).append(float(run["full"][METRIC]))
+            for reading, field in READING_KEYS.items():
+                groups.setdefault((*setting, reading), {})[run["seed"]] = (
+                    float(run[field][METRIC]) if field in run else None
+                )
     points = []
-    for (protocol, model, max_len, options, width), values in sorted(groups.items()):
+    for (protocol, model, max_len, options, width, reading), by_seed in sorted(groups.items()):
+        values = list(by_seed.values())
+        if None in values:  # a run from before the whole-history reading: no such point
+            continue
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         mean = statistics.mean(values)
-        points.append(Point(protocol, model, max_len, list(options), width, len(values), mean, sd))
+        points.append(
+            Point(protocol, model, max_len, list(options), width, len(values), mean, sd, reading)
+        )
     return points
 
 
@@ -124,7 +143,7 @@ def click_cost(point: Point, num_items: int, args: argparse.Namespace) -> tuple[
     rng = np.random.default_rng(0)
     candidates = rng.integers(1, num_items + 1, size=(1, args.candidates))
     clicks = rng.integers(1, num_items + 1, size=args.iters + args.warmup)
-    if point.model in ("ttt4rec", "gru4rec"):
+    if point.reading == STEPPING:
         return _stateful_cost(model, candidates, clicks, args), "onnxruntime step graph"
     return _recompute_cost(model, candidates, clicks, point.max_len, args), "torch, re-reads L"
 
@@ -185,14 +204,16 @@ def markdown(points: list[Point]) -> str:
             f"**{protocol}**: full {METRIC} (mean ± sd over seeds) against p50 per click "
             f"(one thread; budget {BUDGET_MS} ms; **bold** = on the frontier)",
             "",
-            f"| model | history L | full {METRIC} | seeds | p50 ms / click | runtime | frontier |",
-            "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+            f"| model | trained on L | reads | full {METRIC} | seeds | p50 ms / click | runtime "
+            "| frontier |",
+            "| --- | ---: | --- | ---: | ---: | ---: | --- | --- |",
         ]
         mine = sorted((p for p in points if p.protocol == protocol), key=lambda p: p.p50_ms)
         for p in mine:
             name = f"**{p.label}**" if p.on_frontier else p.label
+            reads = "every click (state)" if p.reading == STEPPING else f"last {p.max_len}"
             lines.append(
-                f"| {name} | {p.max_len} | {p.ndcg10:.4f} ± {p.ndcg10_sd:.4f} | {p.seeds} | "
+                f"| {name} | {p.max_len} | {reads} | {p.ndcg10:.4f} ± {p.ndcg10_sd:.4f} | {p.seeds} | "
                 f"{p.p50_ms:.3f} | {p.runtime} | {'yes' if p.on_frontier else 'no'} |"
             )
         lines.append("")
@@ -209,15 +230,17 @@ def plot(points: list[Point], path: Path) -> None:
     fig, axes = plt.subplots(1, len(protocols), figsize=(6 * len(protocols), 4.5), squeeze=False)
     for ax, protocol in zip(axes[0], protocols):
         mine = [p for p in points if p.protocol == protocol]
-        for model in dict.fromkeys(p.model for p in mine):
-            group = sorted((p for p in mine if p.model == model), key=lambda p: p.p50_ms)
+        for model, reading in dict.fromkeys((p.model, p.reading) for p in mine):
+            group = [p for p in mine if (p.model, p.reading) == (model, reading)]
+            group.sort(key=lambda p: p.p50_ms)
             ax.errorbar(
                 [p.p50_ms for p in group],
                 [p.ndcg10 for p in group],
                 yerr=[p.ndcg10_sd for p in group],
                 marker="o",
                 capsize=3,
-                label=model,
+                label=f"{model}, stepping" if reading == STEPPING else model,
+                linestyle="none" if reading == STEPPING else "-",
             )
             for p in group:
                 ax.annotate(f"L={p.max_len}", (p.p50_ms, p.ndcg10), fontsize=7,
@@ -244,7 +267,7 @@ def main(argv=None) -> int:
     num_items = _catalogue_size(args.tables)
     costs: dict[tuple, tuple[float, str]] = {}
     for point in points:  # the cost of a setting is the same in both protocols: time it once
-        key = (point.model, point.max_len, tuple(point.options), point.hidden_size)
+        key = (point.model, point.max_len, tuple(point.options), point.hidden_size, point.reading)
         if key not in costs:
             costs[key] = click_cost(point, num_items, args)
         point.p50_ms, point.runtime = costs[key]

@@ -26,6 +26,11 @@ import numpy as np
 
 METRICS = ("NDCG@5", "NDCG@10", "HR@5", "HR@10")
 PROTOCOLS = {"sampled": "1:99 sampled negatives", "full": "full ranking (history masked)"}
+# Models that carry a state are also scored as a device steps them: the state built from every
+# click before the target, not from the last max_len (the key's runs exist for those only).
+WHOLE_HISTORY = {
+    "full_whole_history": "full ranking, the state stepped through the whole history",
+}
 SPLITS = {
     "training-part": "leave-one-out on the training part (target: the click before the stream)",
     "last": "leave-last-out (target: each user's last click, as in the papers)",
@@ -131,7 +136,7 @@ def run_one(name: str, seed: int, dataset, loo, negatives, args) -> dict:
     start = time.perf_counter()
     result = train_srm(model, loo.train, valid, config, on_epoch=_epoch_printer(name, seed))
     histories = pad_histories(loo.test_history, args.max_len)
-    return {
+    record = {
         "model": name,
         "seed": seed,
         "settings": run_settings(name, args),
@@ -142,6 +147,22 @@ def run_one(name: str, seed: int, dataset, loo, negatives, args) -> dict:
         "sampled": evaluate_sampled(model, histories, loo.test_target, negatives[loo.users]),
         "full": evaluate_full(model, histories, loo.test_target, exclude=loo.test_history),
     }
+    return record | whole_history_metrics(model, loo)
+
+
+def whole_history_metrics(model, loo) -> dict:
+    """`{"full_whole_history": metrics}` for a model that carries a state (what a device
+    stepping every click gets), `{}` for one that re-reads a window."""
+    from seqrec.evaluation import carries_state, evaluate_full, reading_whole_history
+    from shared.batching import pad_histories
+
+    if not carries_state(model):
+        return {}
+    longest = max(len(h) for h in loo.test_history)
+    histories = pad_histories(loo.test_history, longest)
+    with reading_whole_history(model, longest):
+        full = evaluate_full(model, histories, loo.test_target, exclude=loo.test_history)
+    return {"full_whole_history": full}
 
 
 def _epoch_printer(name: str, seed: int):
@@ -255,26 +276,31 @@ def model_options(name: str, options: list[str]) -> dict:
 
 
 def aggregate(runs: list[dict]) -> dict:
-    """model -> protocol -> metric -> (mean, std) over seeds."""
+    """model -> protocol -> metric -> (mean, std) over seeds. A whole-history reading is
+    summarised only for a model whose every run has it (older outputs lack it)."""
     table: dict = {}
-    for run in runs:
-        for protocol in PROTOCOLS:
-            for metric in METRICS:
-                table.setdefault(run["model"], {}).setdefault(protocol, {}).setdefault(
-                    metric, []
-                ).append(run[protocol][metric])
-    return {
-        m: {
-            p: {k: (float(np.mean(v)), float(np.std(v))) for k, v in d.items()}
-            for p, d in ps.items()
+    for model in dict.fromkeys(r["model"] for r in runs):
+        mine = [r for r in runs if r["model"] == model]
+        readings = [*PROTOCOLS, *(k for k in WHOLE_HISTORY if all(k in r for r in mine))]
+        table[model] = {
+            reading: {
+                metric: (
+                    float(np.mean([r[reading][metric] for r in mine])),
+                    float(np.std([r[reading][metric] for r in mine])),
+                )
+                for metric in METRICS
+            }
+            for reading in readings
         }
-        for m, ps in table.items()
-    }
+    return table
 
 
 def markdown(summary: dict, dataset: str, seeds: list[int], split: str = "training-part") -> str:
     lines = []
-    for protocol, title in PROTOCOLS.items():
+    for protocol, title in (PROTOCOLS | WHOLE_HISTORY).items():
+        rows = {m: ps[protocol] for m, ps in summary.items() if protocol in ps}
+        if not rows:
+            continue
         lines += [
             f"**{dataset}, {SPLITS[split]}, {title}** (mean ± std over seeds "
             f"{', '.join(map(str, seeds))})",
@@ -282,8 +308,8 @@ def markdown(summary: dict, dataset: str, seeds: list[int], split: str = "traini
             "| model | " + " | ".join(METRICS) + " |",
             "| --- |" + " --- |" * len(METRICS),
         ]
-        for model, protocols in summary.items():
-            cells = [f"{m:.4f} ± {s:.4f}" for m, s in (protocols[protocol][k] for k in METRICS)]
+        for model, metrics in rows.items():
+            cells = [f"{m:.4f} ± {s:.4f}" for m, s in (metrics[k] for k in METRICS)]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -247,3 +247,39 @@ def test_gru4rec_step_graph_under_onnxruntime_equals_the_torch_step(tmp_path):
         np.testing.assert_allclose(found_scores, scores.numpy(), atol=1e-5)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert not ops & {"Loop", "Scan", "If"}
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "ttt4rec"])
+def test_the_whole_history_reading_is_what_stepping_every_click_gives(name):
+    from seqrec.evaluation import reading_whole_history
+    from seqrec.models import build_model
+
+    torch.manual_seed(3)
+    options = {"mini_batch_size": 4} if name == "ttt4rec" else {}
+    model = build_model(name, num_items=NUM_ITEMS, max_len=8, hidden_size=16, **options).eval()
+    with torch.no_grad():  # weights far from their small initialisation, so histories differ
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.3)
+    history = torch.randint(1, NUM_ITEMS + 1, (2, 40), generator=torch.Generator().manual_seed(4))
+    candidates = torch.arange(1, NUM_ITEMS + 1).expand(2, NUM_ITEMS)
+    state = model.init_state(2)
+    with torch.no_grad():
+        for t in range(history.shape[1]):
+            state, feature = model.step(state, history[:, t])
+        stepped = model.score_features(feature, candidates)
+        window = model.score(history, candidates)  # the last 8 clicks only
+        with reading_whole_history(model, history.shape[1]):
+            whole = model.score(history, candidates)
+    torch.testing.assert_close(whole, stepped, atol=1e-4, rtol=1e-4)
+    assert (window - stepped).abs().max() > 0.1 * stepped.abs().max()
+    assert model.config.max_len == 8  # the reading ends with the block
+
+
+def test_a_model_that_re_reads_its_window_has_no_whole_history_reading():
+    from seqrec.evaluation import reading_whole_history
+
+    with (
+        pytest.raises(ValueError, match="carries no state"),
+        reading_whole_history(make_sasrec(), 9),
+    ):
+        pass

@@ -38,6 +38,8 @@ def test_each_part_records_runs_with_metrics_in_range(two_parts):
             assert run[protocol]["HR@5"] <= run[protocol]["HR@10"]
         assert run["settings"]["level"] == "sequence" and run["settings"]["loss"] == "bce"
         assert 1 == run["best_epoch"] == run["epochs_run"]
+        # both carry a state: also scored as a device steps them through the whole history
+        assert 0.0 <= run["full_whole_history"]["NDCG@10"] <= 1.0
     ttt = payload["runs"][1]["settings"]["options"]
     assert ttt == ["ttt4rec:mini_batch_size=4"]
     assert payload["runs"][0]["settings"]["options"] == []
@@ -61,6 +63,25 @@ def test_merge_gives_mean_and_std_over_the_parts(two_parts, tmp_path):
     table = (out / "model_table.md").read_text()
     assert "seeds 0, 1" in table and "| ttt4rec |" in table
     assert "| gru4rec | 1, 1 | 1, 1 |" in table  # best epoch and epochs run of each seed
+
+
+def test_a_whole_history_mean_needs_every_run_of_the_model():
+    from simulations.model_table import aggregate, markdown
+
+    metrics = {"NDCG@5": 0.1, "NDCG@10": 0.2, "HR@5": 0.3, "HR@10": 0.4}
+    runs = [
+        {"model": "ttt4rec", "seed": 0, "sampled": metrics, "full": metrics},
+        {"model": "ttt4rec", "seed": 1, "sampled": metrics, "full": metrics,
+         "full_whole_history": metrics},
+        {"model": "gru4rec", "seed": 0, "sampled": metrics, "full": metrics,
+         "full_whole_history": {**metrics, "NDCG@10": 0.25}},
+    ]  # fmt: skip
+    summary = aggregate(runs)
+    assert "full_whole_history" not in summary["ttt4rec"]  # one of two runs has it
+    assert summary["gru4rec"]["full_whole_history"]["NDCG@10"] == (0.25, 0.0)
+    text = markdown(summary, "synthetic", [0, 1])
+    whole = text[text.index("whole history") :]
+    assert "| gru4rec |" in whole and "| ttt4rec |" not in whole
 
 
 def test_merge_refuses_runs_trained_differently(two_parts, tmp_path, capsys):
@@ -141,10 +162,19 @@ def test_frontier_end_to_end_on_two_model_tables(two_parts, tmp_path):
     argv = ["--tables", str(two_parts / "part0"), str(two_parts / "part1")]
     assert frontier.main(argv + ["--iters", "20", "--warmup", "5", "--out", str(out)]) == 0
     payload = json.loads((out / "frontier.json").read_text())
-    points = {p["model"]: p for p in payload["points"]}
-    assert set(points) == {"gru4rec", "ttt4rec"}
+    points = {(p["model"], p["reading"]): p for p in payload["points"]}
+    # both carry a state: each is a point re-reading its window and a point stepping
+    assert set(points) == {(m, r) for m in ("gru4rec", "ttt4rec") for r in ("window", "stepping")}
     assert all(p["seeds"] == 2 and p["p50_ms"] > 0 for p in points.values())
-    assert all(p["runtime"] == "onnxruntime step graph" for p in points.values())
+    runtimes = {key: p["runtime"] for key, p in points.items()}
+    assert runtimes[("gru4rec", "stepping")] == "onnxruntime step graph"
+    assert runtimes[("ttt4rec", "window")] == "torch, re-reads L"
+    runs = [r for part in (0, 1) for r in _payload(two_parts / f"part{part}")["runs"]]
+    for (model, reading), point in points.items():
+        field = "full_whole_history" if reading == "stepping" else "full"
+        values = [r[field]["NDCG@10"] for r in runs if r["model"] == model]
+        assert point["ndcg10"] == pytest.approx(sum(values) / len(values))
     assert any(p["on_frontier"] for p in points.values())
     assert (out / "frontier.png").stat().st_size > 0
-    assert "gru4rec L=" in (out / "frontier.md").read_text()
+    text = (out / "frontier.md").read_text()
+    assert "gru4rec L=" in text and "ttt4rec trained L=50, stepping" in text
