@@ -37,7 +37,7 @@ import onnxruntime as ort
 import torch
 
 from device.fusion import AgeAlphaFusion, LearnedFusion, RankSigmoidFusion, rerank_valid
-from device.onnx_runtime import OnnxState, OnnxTTT4Rec
+from device.onnx_runtime import OnnxState, OnnxStepModel
 from seqrec.models.sasrec import SASRec, SASRecConfig
 from seqrec.models.ttt4rec import TTT4Rec, TTT4RecConfig
 from seqrec.onnx_export import export_scorer, export_step
@@ -188,8 +188,8 @@ def run(args: argparse.Namespace) -> dict:
         scorer = export_scorer(ttt, Path(folder) / "scorer.onnx")
         light = export_step(ttt, Path(folder) / "step_light.onnx", catalogue=False)
         full = export_step(ttt, Path(folder) / "step.onnx", catalogue=True)
-        bundle = OnnxTTT4Rec(light, scorer, num_threads=1)
-        catalogue = OnnxTTT4Rec(full, scorer, num_threads=1)
+        bundle = OnnxStepModel(light, scorer, num_threads=1)
+        catalogue = OnnxStepModel(full, scorer, num_threads=1)
     candidates = torch.randint(1, args.num_items + 1, (1, args.candidates), generator=generator)
     stream = torch.randint(1, args.num_items + 1, (total,), generator=generator)
     rows: list[Row] = []

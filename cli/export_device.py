@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
     export = subparsers.add_parser(
         "export-device", help="write a device bundle: SRM graphs, policy, fusion, settings"
     )
-    export.add_argument("--srm", required=True, metavar="DIR", help="TTT4Rec checkpoint")
+    export.add_argument("--srm", required=True, metavar="DIR", help="TTT4Rec or GRU4Rec checkpoint")
     export.add_argument("--out", required=True, metavar="DIR", help="the bundle folder")
     export.add_argument(
         "--policy",

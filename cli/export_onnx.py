@@ -1,4 +1,5 @@
-"""`lsc4rec export-onnx`: write a trained TTT4Rec's device graphs for onnxruntime.
+"""`lsc4rec export-onnx`: write a trained stateful SRM's device graphs (TTT4Rec, GRU4Rec) for
+onnxruntime.
 
 Two loop-free graphs with a dynamic batch: `step.onnx` (state in, click in → state out,
 `F_s` out) and `scorer.onnx` (`F_s`, candidate ids → scores). A parity check streams clicks
@@ -10,14 +11,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from device.onnx_runtime import OnnxTTT4Rec
+from device.onnx_runtime import OnnxStepModel
 from seqrec.checkpoint import load_srm
 from seqrec.onnx_export import export_scorer, export_step
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("export-onnx", help="export TTT4Rec's step and scorer graphs")
-    parser.add_argument("--model", required=True, help="a TTT4Rec checkpoint folder (train-srm)")
+    parser = subparsers.add_parser(
+        "export-onnx", help="export a TTT4Rec's or GRU4Rec's step and scorer graphs"
+    )
+    parser.add_argument(
+        "--model", required=True, help="a TTT4Rec or GRU4Rec checkpoint folder (train-srm)"
+    )
     parser.add_argument("--out", default=None, help="output folder (default: MODEL/onnx)")
     parser.add_argument(
         "--check-clicks",
@@ -32,7 +37,10 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_srm(args.model)
     if not getattr(model, "stateful", False):
-        raise ValueError(f"{args.model} holds a {model.name} model; only ttt4rec exports its step")
+        raise ValueError(
+            f"{args.model} holds a {model.name} model, which carries no state; "
+            "ttt4rec and gru4rec export a step"
+        )
     out = Path(args.out) if args.out else Path(args.model) / "onnx"
     step_path = export_step(model, out / "step.onnx")
     scorer_path = export_scorer(model, out / "scorer.onnx")
@@ -47,7 +55,7 @@ def parity_gap(model, step_path: Path, scorer_path: Path, clicks: int, users: in
     """Largest score difference between torch and onnxruntime over a random click stream."""
     import torch
 
-    runner = OnnxTTT4Rec(step_path, scorer_path)
+    runner = OnnxStepModel(step_path, scorer_path)
     generator = torch.Generator().manual_seed(0)
     n = model.config.num_items
     torch_state, onnx_state = model.init_state(users), runner.init_state(users)

@@ -27,7 +27,7 @@ FULL_INSTALL_MODULES = frozenset(
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("data", "cli.data", "prepare data sets and print their statistics"),
     ("train-srm", "cli.train_srm", "train a small recommendation model (SRM)"),
-    ("export-onnx", "cli.export_onnx", "export TTT4Rec's step and scorer graphs"),
+    ("export-onnx", "cli.export_onnx", "export a TTT4Rec's or GRU4Rec's step and scorer graphs"),
     ("export-device", "cli.export_device",
      "write a device bundle: SRM graphs, policy, fusion, settings"),
     ("inspect-device", "cli.inspect_device", "verify a device bundle and say what it runs"),

@@ -6,9 +6,10 @@
       device.json     the session settings (K, L, N), the fusion, the request policy
                       (kind and its numbers: threshold, learned weights and feature scaling,
                       rate controller), as plain JSON: no pickle
-      step.onnx       TTT4Rec's per-click step with the surprise columns the policy reads and
-                      the held list's scores, one run per click; the item table it needs (F_t
-                      of every item) is a constant inside it, the initial state in its metadata
+      step.onnx       the SRM's per-click step (TTT4Rec or GRU4Rec: one contract) with the
+                      surprise columns the policy reads and the held list's scores, one run
+                      per click; the item table it needs (F_t of every item) is a constant
+                      inside it, the initial state and the model's config in its metadata
       scorer.onnx     candidate scoring against the same item table
 
     bundle = load_bundle("runs/demo/device")      # verifies everything, or one-line error
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from device.fusion import Fusion, build_fusion
-from device.onnx_runtime import OnnxTTT4Rec
+from device.onnx_runtime import OnnxStepModel
 from device.policies.base import RequestPolicy
 from device.policies.spec import policy_from_dict, policy_to_dict, surprise_columns
 from device.session import DeviceSession, SessionConfig, StatefulRunner
@@ -90,7 +91,7 @@ class DeviceBundle:
     settings: BundleSettings
     fusion: Fusion
     policy: RequestPolicy
-    model: OnnxTTT4Rec
+    model: OnnxStepModel
 
     @property
     def num_items(self) -> int:
@@ -242,7 +243,7 @@ def load_bundle(
         settings = BundleSettings(**device["session"])
         fusion = fusion_from_dict(device["fusion"])
         policy = policy_from_dict(device["policy"])
-        model = OnnxTTT4Rec(folder / STEP_FILE, folder / SCORER_FILE, num_threads=num_threads)
+        model = OnnxStepModel(folder / STEP_FILE, folder / SCORER_FILE, num_threads=num_threads)
     except (KeyError, TypeError, ValueError) as err:
         raise BundleError(f"{folder}: {SETTINGS_FILE} or a graph is not usable ({err})") from None
     except Exception as err:  # noqa: BLE001 (onnxruntime raises its own exception types)

@@ -1,10 +1,13 @@
-"""Run exported TTT4Rec graphs under onnxruntime: the device's SRM, in numpy, without torch.
+"""Run an exported stateful SRM's graphs under onnxruntime: the device's SRM, in numpy, without
+torch.
 
-`OnnxTTT4Rec` offers `init_state`, `step`, `step_with_surprise`, `score_features` and `encode`
-like the torch `TTT4Rec`, on a carried `OnnxState` (numpy arrays in the format of
-`shared.device_format`; a state the torch model wrote with `to_bytes` reads back with
-`OnnxState.from_bytes`). The initial state and the config come from the step graph's
-metadata, so the two `.onnx` files are all a device needs.
+`OnnxStepModel` offers `init_state`, `step`, `step_with_surprise`, `click`, `score_features`
+and `encode` like the torch models that carry a state (TTT4Rec, GRU4Rec), on a carried
+`OnnxState` (named numpy arrays in the format of `shared.device_format`; a state the torch
+model wrote with `to_bytes` reads back with `OnnxState.from_bytes`). Which model it is never
+matters: the state's tensors are the step graph's inputs besides the click and the
+candidates, the initial state and the config come from its metadata, so the two `.onnx` files
+are all a device needs.
 
 Letters used in shape comments:
     B  batch (users)    L  history length    C  candidates    D  hidden width
@@ -26,19 +29,20 @@ from shared.device_format import (
     CANDIDATES_INPUT,
     CATALOGUE_SURPRISE_KEY,
     CONFIG_KEY,
+    FEATURE_STATE,
     FEATURES_INPUT,
     INIT_STATE_KEY,
     ITEMS_INPUT,
     SCORES_OUTPUT,
     STATE_NAMES,
     SURPRISE_OUTPUT,
-    decode_state,
+    decode_any_state,
+    encode_named_state,
     encode_state,
-    state_dtype,
     state_output_names,
 )
 
-_FEATURE = STATE_NAMES.index("feature")
+_ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
 
 
 def session_options(num_threads: int = 1) -> ort.SessionOptions:
@@ -68,44 +72,52 @@ def as_array(value: Any, dtype: type) -> np.ndarray:
 
 @dataclass(frozen=True)
 class OnnxState:
-    """The carried state of a batch of users: numpy arrays in `STATE_NAMES` order."""
+    """The carried state of a batch of users: named numpy arrays, in the step graph's order."""
 
+    names: tuple[str, ...]
     arrays: tuple[np.ndarray, ...]
 
     @property
     def feature(self) -> np.ndarray:
         """`[B, D]` F_s after the last click."""
-        return self.arrays[_FEATURE]
+        return self.arrays[self.names.index(FEATURE_STATE)]
 
     def tensors(self) -> tuple[np.ndarray, ...]:
         return self.arrays
 
     @classmethod
     def from_bytes(cls, data: bytes) -> OnnxState:
-        """A state stored with `to_bytes` (or the torch model's `TTT4RecState.to_bytes`)."""
-        arrays = decode_state(data)
-        return cls(tuple(arrays[name] for name in STATE_NAMES))
+        """A state stored with `to_bytes` (or a torch model state's `to_bytes`), its tensors
+        in the model's order (the step graph's inputs)."""
+        arrays = decode_any_state(data)
+        return cls(tuple(arrays), tuple(arrays.values()))
 
     def to_bytes(self) -> bytes:
-        return encode_state(dict(zip(STATE_NAMES, self.arrays)))
+        """TTT4Rec's state in its TTS2 format, any other model's as named tensors (STN1)."""
+        arrays = dict(zip(self.names, self.arrays))
+        return encode_state(arrays) if self.names == STATE_NAMES else encode_named_state(arrays)
 
     @classmethod
     def cat(cls, states: Sequence[OnnxState]) -> OnnxState:
         """Concatenate states of several user groups along the batch dimension."""
         if not states:
             raise ValueError("cat needs at least one state")
-        return cls(tuple(np.concatenate(parts) for parts in zip(*(s.arrays for s in states))))
+        if len({s.names for s in states}) > 1:
+            raise ValueError("cannot concatenate the states of different models")
+        parts = zip(*(s.arrays for s in states))
+        return cls(states[0].names, tuple(np.concatenate(p) for p in parts))
 
 
-class OnnxTTT4Rec:
-    """onnxruntime twin of `TTT4Rec`'s device API (step + candidate scoring).
+class OnnxStepModel:
+    """onnxruntime twin of a stateful SRM's device API (step + candidate scoring).
 
     Args:
         step_path: graph written by `seqrec.onnx_export.export_step`.
         scorer_path: graph written by `seqrec.onnx_export.export_scorer`.
         num_threads: intra-op threads per session (1 by default).
     Raises:
-        ValueError: if the step graph lacks the initial-state metadata.
+        ValueError: the step graph lacks the initial-state metadata, or its state does not
+            match its inputs.
     """
 
     stateful = True
@@ -120,12 +132,34 @@ class OnnxTTT4Rec:
         metadata = self.step_session.get_modelmeta().custom_metadata_map
         if INIT_STATE_KEY not in metadata:
             raise ValueError(f"{step_path} has no {INIT_STATE_KEY!r} metadata; use export_step")
-        self._init_state = OnnxState.from_bytes(base64.b64decode(metadata[INIT_STATE_KEY]))
+        inputs = self.step_session.get_inputs()
+        state_inputs = [i for i in inputs if i.name not in (ITEMS_INPUT, CANDIDATES_INPUT)]
+        self.state_names = tuple(i.name for i in state_inputs)
+        self._dtypes = [_ONNX_DTYPES[i.type] for i in state_inputs]
+        stored = OnnxState.from_bytes(base64.b64decode(metadata[INIT_STATE_KEY]))
+        if set(stored.names) != set(self.state_names) or FEATURE_STATE not in self.state_names:
+            raise ValueError(
+                f"{step_path}: its initial state holds {stored.names}, its inputs "
+                f"{self.state_names}"
+            )
+        arrays = dict(zip(stored.names, stored.arrays))
+        self._init_state = OnnxState(
+            self.state_names,
+            tuple(arrays[n].astype(d) for n, d in zip(self.state_names, self._dtypes)),
+        )
         self.config: dict[str, Any] = json.loads(metadata.get(CONFIG_KEY, "{}"))
         # whether the surprise scores the whole catalogue (else its nll and rank share are NaN)
         self.catalogue_surprise = metadata.get(CATALOGUE_SURPRISE_KEY, "1") == "1"
-        self._dtypes = [state_dtype(name) for name in STATE_NAMES]
-        self._output_names = [*state_output_names(), SURPRISE_OUTPUT, SCORES_OUTPUT]
+        self._output_names = [
+            *state_output_names(self.state_names),
+            SURPRISE_OUTPUT,
+            SCORES_OUTPUT,
+        ]
+
+    @property
+    def model_name(self) -> str:
+        """The exported model's name (graphs from before the name was stored are TTT4Rec's)."""
+        return str(self.config.get("model", "ttt4rec"))
 
     @property
     def num_items(self) -> int | None:
@@ -162,14 +196,16 @@ class OnnxTTT4Rec:
     ) -> tuple[OnnxState, np.ndarray, np.ndarray, np.ndarray]:
         """One click per user, in one graph run: the new state, `F_s [B, D]`, the click's
         surprise `[B, 5]` and the logits `[B, C]` of `candidates [B, C]` under the new state."""
+        if state.names != self.state_names:
+            raise ValueError(f"a state of {state.names}, this model carries {self.state_names}")
         feeds = {
             name: as_array(array, dtype)
-            for name, dtype, array in zip(STATE_NAMES, self._dtypes, state.arrays)
+            for name, dtype, array in zip(self.state_names, self._dtypes, state.arrays)
         }
         feeds[ITEMS_INPUT] = as_array(items, np.int64)
         feeds[CANDIDATES_INPUT] = as_array(candidates, np.int64)
         *outputs, surprise, scores = self.step_session.run(self._output_names, feeds)
-        new_state = OnnxState(tuple(outputs))
+        new_state = OnnxState(self.state_names, tuple(outputs))
         return new_state, new_state.feature, surprise, scores
 
     def score_features(self, features: Any, items: Any) -> np.ndarray:

@@ -19,9 +19,9 @@ reranking its cached list, waits a doubling number of steps before asking again,
 loses a click: clicks go to the history and the SRM state whatever happens to requests.
 
 The SRM sits behind `SRMRunner` (`init_state`, `step_with_surprise`, `score_items`): on a device
-the onnxruntime TTT4Rec (`OnnxTTT4Rec` behind `StatefulRunner`); offline, the torch models
-behind the adapters of `seqrec.runners` (TTT4Rec stepping its state; SASRec, GRU4Rec and DIN
-re-reading the history). The session itself needs numpy only.
+the onnxruntime step graphs of TTT4Rec or GRU4Rec (`OnnxStepModel` behind `StatefulRunner`);
+offline, the torch models behind the adapters of `seqrec.runners` (TTT4Rec and GRU4Rec
+stepping their state; SASRec and DIN re-reading the history). The session itself needs numpy only.
 
 The runners, the cached list and the session stay in one module: the session's contract
 (never lose a click, keep recommending without the cloud) spans all three, and each piece is
@@ -96,7 +96,7 @@ class SRMRunner(Protocol):
 
 class StatefulRunner:
     """Adapter for a model that carries a state: `init_state(B)`, `step_with_surprise(state,
-    items[B])` and `score_features(features, items)`, in numpy (`OnnxTTT4Rec`).
+    items[B])` and `score_features(features, items)`, in numpy (`OnnxStepModel`).
 
     The carried state is `(model_state, F_s)`; one click costs one step, whatever the history
     length. (The torch models have their adapters in `seqrec.runners`.)
@@ -135,7 +135,7 @@ class StatefulRunner:
         self, state: tuple[Any, np.ndarray], history: np.ndarray, item: int, items: np.ndarray
     ) -> tuple[tuple[Any, np.ndarray], np.ndarray, np.ndarray]:
         """`step_with_surprise`, plus `score_items` of `items` under the new state, in one
-        graph run when the model has a fused click graph (`OnnxTTT4Rec.click`)."""
+        graph run when the model has a fused click graph (`OnnxStepModel.click`)."""
         candidates = np.asarray(items, dtype=np.int64)[None]  # [1, C]
         new_state, features, surprise, scores = self.model.click(
             state[0], np.array([item]), candidates

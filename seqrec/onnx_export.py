@@ -1,5 +1,5 @@
-"""Export TTT4Rec's per-click step and candidate scorer, and GRU4Rec's per-click step, as
-loop-free ONNX graphs.
+"""Export a stateful SRM's per-click step and candidate scorer (TTT4Rec, GRU4Rec) as loop-free
+ONNX graphs, with one contract for every model: the device runs them without knowing which.
 
 The step graph takes the carried state as explicit inputs and returns the new state and
 the click's surprise (`seqrec.models.surprise`), so a runtime needs nothing but the graph
@@ -25,8 +25,8 @@ import onnx
 import torch
 from torch import nn
 
-from seqrec.models.gru4rec import GRU4Rec
-from seqrec.models.ttt4rec import TTT4Rec, TTT4RecState
+from seqrec.models.base import SequentialRecommender
+from seqrec.models.ttt4rec import TTT4RecState
 from shared.device_format import (
     CANDIDATES_INPUT,
     CATALOGUE_SURPRISE_KEY,
@@ -47,44 +47,20 @@ class _StepGraph(nn.Module):
     """`(state tensors…, items [B], candidates [B, C]) -> (new state tensors…, surprise [B, 5],
     scores [B, C])`; `feature_out` is `F_s`. The item-feature table is a constant."""
 
-    def __init__(self, model: TTT4Rec, catalogue: bool) -> None:
+    def __init__(self, model: SequentialRecommender, catalogue: bool) -> None:
         super().__init__()
         self.model = model
         self.catalogue = catalogue
+        self.state_class = type(model.init_state(1))
         self.register_buffer("table", model.all_item_features())  # [I, D]
 
-    def forward(
-        self,
-        weight: torch.Tensor,
-        bias: torch.Tensor,
-        grad_weight: torch.Tensor,
-        grad_bias: torch.Tensor,
-        pos: torch.Tensor,
-        feature: torch.Tensor,
-        recent: torch.Tensor,
-        items: torch.Tensor,
-        candidates: torch.Tensor,
-    ) -> tuple[torch.Tensor, ...]:
-        state = TTT4RecState(weight, bias, grad_weight, grad_bias, pos, feature, recent)
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        *tensors, items, candidates = inputs
+        state = self.state_class(*tensors)
         new_state, _, surprise, scores = self.model.click(
             state, items, candidates, self.table, self.catalogue
         )
         return (*new_state.tensors(), surprise, scores)
-
-
-class _GRUStepGraph(nn.Module):
-    """`(hidden [B, layers, G], items [B], candidates [B, C]) -> (hidden_out, feature [B, D],
-    scores [B, C])`."""
-
-    def __init__(self, model: GRU4Rec) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, hidden: torch.Tensor, items: torch.Tensor, candidates: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
-        new, feature = self.model.step(hidden, items)
-        return new, feature, self.model.score_features(feature, candidates)
 
 
 class _ScorerGraph(nn.Module):
@@ -150,45 +126,58 @@ def _check_loop_free(path: Path) -> onnx.ModelProto:
     return graph
 
 
-def export_step(model: TTT4Rec, path: str | Path, catalogue: bool = True) -> Path:
+def export_step(model: SequentialRecommender, path: str | Path, catalogue: bool = True) -> Path:
     """Write the one-click step graph; the model's initial state and config go in metadata.
 
-    Inputs: `weight, bias, grad_weight, grad_bias, pos, feature, recent` (a `TTT4RecState`,
-    batch dimension `batch` dynamic), `items [B]` int64 and `candidates [B, C]` int64 (the
-    held list; C may be 0). Outputs: the state tensors suffixed `_out` (`feature_out` is
-    `F_s`), `surprise [B, 5]`, and `scores [B, C]` of the candidates under the new state: a
-    click and the next decision's scores in one run.
+    Inputs: the state's tensors (`TTT4RecState.names()`: weight, bias, grad_weight,
+    grad_bias, pos, feature, recent; `GRU4RecState.names()`: hidden, feature, recent; batch
+    dimension `batch` dynamic), `items [B]` int64 and `candidates [B, C]` int64 (the held
+    list; C may be 0). Outputs: the state tensors suffixed `_out` (`feature_out` is `F_s`),
+    `surprise [B, 5]`, and `scores [B, C]` of the candidates under the new state: a click and
+    the next decision's scores in one run.
 
     Args:
-        model: the TTT4Rec to export (exported in eval mode, float32).
+        model: a model that carries a state (`stateful`); exported in eval mode, float32.
         path: destination `.onnx` file; parent folders are created.
         catalogue: compute the surprise columns that score the whole catalogue (surprisal
             and rank share); False leaves them NaN and the graph skips that product.
     Returns:
         The path written.
     Raises:
+        ValueError: the model carries no state.
         RuntimeError: if the exported graph contains control-flow operators.
     """
+    if not getattr(model, "stateful", False):
+        raise ValueError(f"a {model.name} model carries no state: it has no step graph")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = _frozen_copy(model)
     state = model.init_state(2)
-    state.pos = torch.tensor([0, model.config.mini_batch_size - 1])  # both commit branches
+    if isinstance(state, TTT4RecState):
+        state.pos = torch.tensor([0, model.config.mini_batch_size - 1])  # both commit branches
     items = torch.tensor([1, 0])
     candidates = torch.tensor([[1, 2, 3], [4, 5, 6]])
-    names = [*TTT4RecState.names(), ITEMS_INPUT, CANDIDATES_INPUT]
+    state_names = list(state.names())
+    names = [*state_names, ITEMS_INPUT, CANDIDATES_INPUT]
     batch = torch.export.Dim("batch")
     dynamic = {name: {0: batch} for name in names}
     dynamic[CANDIDATES_INPUT] = {0: batch, 1: torch.export.Dim("count")}
-    outputs = [*state_output_names(), SURPRISE_OUTPUT, SCORES_OUTPUT]
+    outputs = [*state_output_names(state_names), SURPRISE_OUTPUT, SCORES_OUTPUT]
     with torch.no_grad():
         args = (*state.tensors(), items, candidates)
-        _export(_StepGraph(model, catalogue), args, path, names, outputs, dynamic)
+        _export(
+            _StepGraph(model, catalogue),
+            args,
+            path,
+            names,
+            outputs,
+            {"inputs": tuple(dynamic[n] for n in names)},
+        )
     graph = _check_loop_free(path)
     init_bytes = model.init_state(1).to_bytes()
     metadata = {
         INIT_STATE_KEY: base64.b64encode(init_bytes).decode("ascii"),
-        CONFIG_KEY: json.dumps(model.config.to_dict()),
+        CONFIG_KEY: json.dumps({"model": model.name, **model.config.to_dict()}),
         CATALOGUE_SURPRISE_KEY: "1" if catalogue else "0",
     }
     for key, value in metadata.items():
@@ -197,11 +186,12 @@ def export_step(model: TTT4Rec, path: str | Path, catalogue: bool = True) -> Pat
     return path
 
 
-def export_scorer(model: TTT4Rec, path: str | Path) -> Path:
+def export_scorer(model: SequentialRecommender, path: str | Path) -> Path:
     """Write the candidate scorer: `features [B, D]`, `candidates [B, C]` -> `scores [B, C]`.
 
     Args:
-        model: the TTT4Rec whose item features (embedding → MLP) are tabulated.
+        model: the SRM whose item features (`all_item_features`: TTT4Rec's embedding → MLP,
+            GRU4Rec's embedding) are tabulated.
         path: destination `.onnx` file; parent folders are created.
     Returns:
         The path written.
@@ -212,7 +202,7 @@ def export_scorer(model: TTT4Rec, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     model = _frozen_copy(model)
     with torch.no_grad():
-        table = model.target_mlp(model.item_embedding.weight)  # [I, D]
+        table = model.all_item_features()  # [I, D]
         features = torch.zeros(2, model.config.hidden_size)
         candidates = torch.ones(2, 3, dtype=torch.long)
         batch, count = torch.export.Dim("batch"), torch.export.Dim("candidates")
@@ -220,36 +210,4 @@ def export_scorer(model: TTT4Rec, path: str | Path) -> Path:
         names = [FEATURES_INPUT, CANDIDATES_INPUT]
         _export(_ScorerGraph(table), (features, candidates), path, names, [SCORES_OUTPUT], dynamic)
     _check_loop_free(path)
-    return path
-
-
-GRU_STATE_INPUT = "hidden"  # GRU4Rec step graph: [B, layers, G] the carried state
-GRU_FEATURE_OUTPUT = "feature"  # GRU4Rec step graph: [B, D] the user feature after the click
-
-
-def export_gru4rec_step(model: GRU4Rec, path: str | Path) -> Path:
-    """Write GRU4Rec's one-click step graph: `hidden [B, layers, G]`, `items [B]` and
-    `candidates [B, C]` in; `hidden_out`, `feature [B, D]` and `scores [B, C]` (the
-    candidates under the new state) out. The config goes in metadata; the initial state is
-    zeros.
-
-    Raises:
-        RuntimeError: if the exported graph contains control-flow operators.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = _frozen_copy(model)
-    hidden = torch.randn(2, model.config.num_layers, model.config.gru_hidden_size)
-    items, candidates = torch.tensor([1, 0]), torch.tensor([[1, 2, 3], [4, 5, 6]])
-    names = [GRU_STATE_INPUT, ITEMS_INPUT, CANDIDATES_INPUT]
-    batch = torch.export.Dim("batch")
-    dynamic = {name: {0: batch} for name in names}
-    dynamic[CANDIDATES_INPUT] = {0: batch, 1: torch.export.Dim("count")}
-    outputs = [f"{GRU_STATE_INPUT}_out", GRU_FEATURE_OUTPUT, SCORES_OUTPUT]
-    with torch.no_grad():
-        _export(_GRUStepGraph(model), (hidden, items, candidates), path, names, outputs, dynamic)
-    graph = _check_loop_free(path)
-    entry = onnx.StringStringEntryProto(key=CONFIG_KEY, value=json.dumps(model.config.to_dict()))
-    graph.metadata_props.append(entry)
-    onnx.save(graph, str(path))
     return path

@@ -4,9 +4,9 @@ A device runs its SRM from a bundle with onnxruntime (`device.onnx_runtime`); th
 tables, the model tables and the tests run the torch models themselves through these adapters,
 which give the session the same numpy values:
 
-- `TorchStatefulRunner`: a model that carries a state (TTT4Rec): one `step` per click.
-- `HistoryRunner`: a model without one (SASRec, GRU4Rec, DIN): re-reads the last `max_len`
-  clicks to score.
+- `TorchStatefulRunner`: a model that carries a state (TTT4Rec, GRU4Rec): one `step` per click.
+- `HistoryRunner`: a model without one (SASRec, DIN), or one asked to read a window: re-reads
+  the last `max_len` clicks to score.
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@ models, ONNX export) and `device` (the torch-free runtime), which never import e
 
 - The surprise columns a step reports for each click, and the drift window.
 - The names of the ONNX graphs' inputs, outputs and metadata keys.
-- TTT4Rec's carried state as bytes (format TTS2): a header, then fp32 tensors and int32 `pos`,
-  little-endian. `seqrec.models.ttt4rec.TTT4RecState` writes it from torch tensors; a device
-  reads it into numpy arrays.
+- A model's carried state as bytes. TTT4Rec's (format TTS2): a header, then fp32 tensors and
+  int32 `pos`, little-endian; `seqrec.models.ttt4rec.TTT4RecState` writes it from torch
+  tensors. Any other stateful model's (format STN1): named tensors, each with its dtype and
+  shape (GRU4Rec: `hidden`, `feature`, `recent`). Every state has a `feature` tensor, the user
+  feature `F_s` after the last click. A device reads either with `decode_any_state`.
 
 Letters used in shape comments:
     B  users    N  TTT layers    H  heads    F  head width    D  hidden width    R  recent clicks
@@ -48,12 +50,14 @@ STATE_NAMES: tuple[str, ...] = (
     "recent",  # [B, R, D] F_t of the last R clicks
 )
 STATE_MAGIC = b"TTS2"  # TTS2 added the recent target features (drift)
+FEATURE_STATE = "feature"  # the state tensor every model carries: [B, D] F_s after the last click
 STATE_HEADER = struct.Struct("<4s6i")  # magic, B, N, H, F, D, R
 
 
-def state_output_names() -> tuple[str, ...]:
-    """Output names of the step graph: `<state tensor>_out` in `STATE_NAMES` order."""
-    return tuple(f"{name}_out" for name in STATE_NAMES)
+def state_output_names(names: tuple[str, ...] | list[str] = STATE_NAMES) -> tuple[str, ...]:
+    """Output names of a step graph: `<state tensor>_out` for its state tensors `names`
+    (TTT4Rec's `STATE_NAMES` by default)."""
+    return tuple(f"{name}_out" for name in names)
 
 
 def state_dtype(name: str) -> type:
@@ -111,4 +115,74 @@ def decode_state(data: bytes) -> dict[str, np.ndarray]:
         stored = np.frombuffer(data, "<i4" if name == "pos" else "<f4", count, offset)
         out[name] = stored.reshape(shape).astype(state_dtype(name))
         offset += 4 * count
+    return {name: out[name] for name in STATE_NAMES}
+
+
+# ---------------------------------------------------------------- any model's state (STN1)
+
+NAMED_MAGIC = b"STN1"
+_NAMED_HEADER = struct.Struct("<4sI")  # magic, tensor count
+_TENSOR_HEADER = struct.Struct("<HBB")  # name length, dtype code, rank
+_DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<i8")}  # stored dtype by code
+_CODES = {np.dtype(np.float32): 0, np.dtype(np.int64): 1}
+
+
+def encode_named_state(arrays: dict[str, np.ndarray]) -> bytes:
+    """Serialise state arrays (float32 or int64, any shapes, in the dict's order) as STN1.
+
+    Raises:
+        ValueError: an array of another dtype.
+    """
+    parts = [_NAMED_HEADER.pack(NAMED_MAGIC, len(arrays))]
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        if array.dtype not in _CODES:
+            raise ValueError(f"state tensor {name!r} is {array.dtype}, not float32 or int64")
+        code = _CODES[array.dtype]
+        encoded = name.encode("utf-8")
+        parts.append(_TENSOR_HEADER.pack(len(encoded), code, array.ndim) + encoded)
+        parts.append(struct.pack(f"<{array.ndim}I", *array.shape))
+        parts.append(np.ascontiguousarray(array, dtype=_DTYPES[code]).tobytes())
+    return b"".join(parts)
+
+
+def decode_named_state(data: bytes) -> dict[str, np.ndarray]:
+    """Inverse of `encode_named_state`: the arrays in their stored order.
+
+    Raises:
+        ValueError: `data` is not an STN1 state, or is cut short or too long.
+    """
+    if data[:4] != NAMED_MAGIC or len(data) < _NAMED_HEADER.size:
+        raise ValueError(f"not a named state: magic {data[:4]!r}")
+    (_, count), offset, out = _NAMED_HEADER.unpack_from(data), _NAMED_HEADER.size, {}
+    try:
+        for _ in range(count):
+            length, code, rank = _TENSOR_HEADER.unpack_from(data, offset)
+            offset += _TENSOR_HEADER.size
+            name = data[offset : offset + length].decode("utf-8")
+            offset += length
+            shape = struct.unpack_from(f"<{rank}I", data, offset)
+            offset += 4 * rank
+            dtype = _DTYPES[code]
+            size = int(np.prod(shape)) * dtype.itemsize
+            if offset + size > len(data):
+                raise ValueError("cut short")
+            stored = np.frombuffer(data, dtype, int(np.prod(shape)), offset)
+            out[name] = stored.reshape(shape).astype(dtype.newbyteorder("="))
+            offset += size
+    except (struct.error, KeyError, UnicodeDecodeError) as err:
+        raise ValueError(f"named state bytes are corrupt ({type(err).__name__})") from None
+    if offset != len(data):
+        raise ValueError(f"named state bytes have length {len(data)}, expected {offset}")
     return out
+
+
+def decode_any_state(data: bytes) -> dict[str, np.ndarray]:
+    """A stored state of any model, by its magic: TTS2 (TTT4Rec) or STN1 (named tensors).
+
+    Raises:
+        ValueError: neither format, or corrupt bytes.
+    """
+    if data[:4] == NAMED_MAGIC:
+        return decode_named_state(data)
+    return decode_state(data)

@@ -30,7 +30,7 @@ def export_device_bundle(
     """Write `folder`: the SRM's step and scorer graphs, the policy, the fusion, the settings.
 
     Args:
-        model: a torch SRM that carries a state (TTT4Rec); others have no step graph.
+        model: a torch SRM that carries a state (TTT4Rec, GRU4Rec); others have no step graph.
         item_ids: the data set's raw item ids (index i = item i) for the catalogue check.
         generator_version: the cloud generator the policy was calibrated against.
     Raises:
@@ -38,7 +38,10 @@ def export_device_bundle(
         ValueError: a model without a step graph, or a policy that cannot be stored.
     """
     if not getattr(model, "stateful", False):
-        raise ValueError(f"a device bundle runs TTT4Rec's step graph; got a {model.name} model")
+        raise ValueError(
+            f"a device bundle runs a step graph; a {model.name} model carries no state "
+            "(ttt4rec and gru4rec do)"
+        )
     check_bundle_target(folder)  # before the slow export
     models = {"srm": srm_fingerprint(model)}
     if generator_version:

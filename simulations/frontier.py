@@ -149,37 +149,19 @@ def click_cost(point: Point, num_items: int, args: argparse.Namespace) -> tuple[
 
 
 def _stateful_cost(model, candidates: np.ndarray, clicks: np.ndarray, args) -> float:
-    import onnxruntime as ort
-
-    from device.onnx_runtime import OnnxTTT4Rec, session_options
-    from seqrec.onnx_export import export_gru4rec_step, export_scorer, export_step
+    from device.onnx_runtime import OnnxStepModel
+    from seqrec.onnx_export import export_scorer, export_step
 
     with tempfile.TemporaryDirectory() as folder:
-        if model.name == "ttt4rec":
-            step = export_step(model, Path(folder) / "step.onnx", catalogue=False)
-            runner = OnnxTTT4Rec(step, export_scorer(model, Path(folder) / "scorer.onnx"))
-            holder = {"state": runner.init_state(1)}
+        step = export_step(model, Path(folder) / "step.onnx", catalogue=False)
+        runner = OnnxStepModel(step, export_scorer(model, Path(folder) / "scorer.onnx"))
+    holder = {"state": runner.init_state(1)}
 
-            def click(i: int) -> object:
-                holder["state"], _, _, scores = runner.click(
-                    holder["state"], clicks[i : i + 1], candidates
-                )
-                return scores
-
-            return time_calls(click, args.iters, args.warmup)[0]
-        path = export_gru4rec_step(model, Path(folder) / "gru.onnx")
-        session = ort.InferenceSession(
-            str(path), session_options(1), providers=["CPUExecutionProvider"]
-        )
-    config = model.config
-    holder = {"hidden": np.zeros((1, config.num_layers, config.gru_hidden_size), np.float32)}
-
-    def gru_click(i: int) -> object:
-        feeds = {"hidden": holder["hidden"], "items": clicks[i : i + 1], "candidates": candidates}
-        holder["hidden"], _, scores = session.run(None, feeds)
+    def click(i: int) -> object:
+        holder["state"], _, _, scores = runner.click(holder["state"], clicks[i : i + 1], candidates)
         return scores
 
-    return time_calls(gru_click, args.iters, args.warmup)[0]
+    return time_calls(click, args.iters, args.warmup)[0]
 
 
 def _recompute_cost(model, candidates: np.ndarray, clicks: np.ndarray, length: int, args) -> float:

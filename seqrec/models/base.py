@@ -162,3 +162,19 @@ class SequentialRecommender(nn.Module):
 
     def step(self, state: Any, items: torch.Tensor) -> tuple[Any, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} keeps no carried state")
+
+    def click(
+        self,
+        state: Any,
+        items: torch.Tensor,
+        candidates: torch.Tensor,
+        item_table: torch.Tensor,
+        catalogue: bool = True,
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One click as a device handles it, for a model that carries a state:
+        `step_with_surprise`, then the logits `[B, C]` of the held list's `candidates [B, C]`
+        under the new state (what the next decision reads); one call, so an exported step
+        graph runs once per click. `item_table [I, D]` is `all_item_features()`."""
+        new_state, features, surprise = self.step_with_surprise(state, items, item_table, catalogue)
+        scores = (item_table[candidates] @ features.unsqueeze(-1)).squeeze(-1)  # [B, C]
+        return new_state, features, surprise, scores

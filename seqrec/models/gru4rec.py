@@ -7,9 +7,9 @@ of item `i` is `F · E[i]` with the same item embedding table `E`.
 A GRU carries its state, so a device need not re-read the history: `init_state` and `step`
 fold one click into the `[B, layers, G]` hidden state in O(G² + G·D) (the GRU cell written
 out with the `nn.GRU` weights, so it exports to a loop-free ONNX graph:
-`seqrec.onnx_export.export_gru4rec_step`). Stepping a history of at most `max_len` clicks gives
-the forward's feature; a longer one keeps every click in the state, where the forward reads
-the last `max_len`.
+`seqrec.onnx_export.export_step`, the same device contract as TTT4Rec's, surprise included).
+Stepping a history of at most `max_len` clicks gives the forward's feature; a longer one keeps
+every click in the state, where the forward reads the last `max_len`.
 
 Letters used in shape comments:
     B  batch (users)          L  history length after compaction (<= max_len)
@@ -19,12 +19,15 @@ Letters used in shape comments:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
 from seqrec.models.base import SequentialRecommender, SRMConfig, compact_history, gather_last
+from seqrec.models.surprise import DRIFT_WINDOW, click_surprise, push_recent, stack_surprise
+from shared.device_format import decode_named_state, encode_named_state
 
 
 @dataclass
@@ -45,11 +48,59 @@ class GRU4RecConfig(SRMConfig):
             raise ValueError(f"initializer_range must be > 0, got {self.initializer_range}")
 
 
+@dataclass
+class GRU4RecState:
+    """Carried per-user state of GRU4Rec.
+
+    Attributes:
+        hidden: `[B, layers, G]` the GRU's hidden state after the last click.
+        feature: `[B, D]` the user feature `F_s` after the last click (zeros before any).
+        recent: `[B, R, D]` the item features of the last R clicks, oldest first (drift).
+    """
+
+    hidden: torch.Tensor
+    feature: torch.Tensor
+    recent: torch.Tensor
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """Tensor names in the fixed order of `tensors()` and the ONNX step graph."""
+        return tuple(f.name for f in fields(cls))
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.hidden, self.feature, self.recent)
+
+    @classmethod
+    def cat(cls, states: Sequence[GRU4RecState]) -> GRU4RecState:
+        """Concatenate states of several user groups along the batch dimension."""
+        if not states:
+            raise ValueError("cat needs at least one state")
+        return cls(*(torch.cat(parts) for parts in zip(*(s.tensors() for s in states))))
+
+    def to_bytes(self) -> bytes:
+        """Serialise (`shared.device_format`, format STN1): what a device stores and reads."""
+        arrays = {n: t.detach().cpu().numpy() for n, t in zip(self.names(), self.tensors())}
+        return encode_named_state(arrays)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> GRU4RecState:
+        """Inverse of `to_bytes`.
+
+        Raises:
+            ValueError: not a serialised GRU4Rec state.
+        """
+        arrays = decode_named_state(data)
+        if tuple(arrays) != cls.names():
+            raise ValueError(f"not a GRU4Rec state: tensors {tuple(arrays)}")
+        return cls(**{name: torch.from_numpy(a) for name, a in arrays.items()})
+
+
 class GRU4Rec(SequentialRecommender):
     """Recurrent session-based recommendation; see the module docstring."""
 
     name = "gru4rec"
     config_class = GRU4RecConfig
+    stateful = True
 
     def __init__(self, config: GRU4RecConfig) -> None:
         super().__init__(config)
@@ -100,28 +151,50 @@ class GRU4Rec(SequentialRecommender):
         out, _ = self.gru(x)  # [B, L, D] -> [B, L, G]
         return self.head(out)  # [B, L, G] -> [B, L, D]
 
-    def init_state(self, batch_size: int = 1) -> torch.Tensor:
-        """`[B, layers, G]` zeros: the GRU's state before any click (as `nn.GRU` starts)."""
+    def init_state(self, batch_size: int = 1) -> GRU4RecState:
+        """The state before any click: zero hidden state (as `nn.GRU` starts), zero feature."""
         cfg = self.config
-        return torch.zeros(batch_size, cfg.num_layers, cfg.gru_hidden_size)
+        weight = self.item_embedding.weight
+        return GRU4RecState(
+            hidden=weight.new_zeros(batch_size, cfg.num_layers, cfg.gru_hidden_size),
+            feature=weight.new_zeros(batch_size, cfg.hidden_size),
+            recent=weight.new_zeros(batch_size, DRIFT_WINDOW, cfg.hidden_size),
+        )
 
-    def step(self, state: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, state: GRU4RecState, items: torch.Tensor) -> tuple[GRU4RecState, torch.Tensor]:
         """Fold one click per user into the state (item 0 = no click, state kept).
 
         Args:
-            state: `[B, layers, G]` hidden states.
+            state: the users' carried state.
             items: `[B]` clicked item ids.
         Returns:
             `(state, F)` with `F` the `[B, D]` user feature after the click.
         """
+        mask = items != 0  # [B]
         x = self.item_embedding(items)  # [B, D]
         layers = []
         for layer in range(self.config.num_layers):
-            x = self._cell(x, state[:, layer], layer)  # [B, G]
+            x = self._cell(x, state.hidden[:, layer], layer)  # [B, G]
             layers.append(x)
-        new = torch.stack(layers, dim=1)  # [B, layers, G]
-        new = torch.where((items != 0)[:, None, None], new, state)
-        return new, self.head(new[:, -1])
+        hidden = torch.where(mask[:, None, None], torch.stack(layers, dim=1), state.hidden)
+        feature = torch.where(mask[:, None], self.head(hidden[:, -1]), state.feature)  # [B, D]
+        recent = push_recent(state.recent, self.item_features(items), mask)
+        return GRU4RecState(hidden, feature, recent), feature
+
+    def step_with_surprise(
+        self,
+        state: GRU4RecState,
+        items: torch.Tensor,
+        item_table: torch.Tensor | None = None,
+        catalogue: bool = True,
+    ) -> tuple[GRU4RecState, torch.Tensor, torch.Tensor]:
+        """`step`, plus how unexpected each click was before it was folded in: `[B, 5]` in
+        `SURPRISE_COLUMNS` order (a GRU has no inner loss: that column is 0). `item_table` and
+        `catalogue` as for TTT4Rec."""
+        table = self.all_item_features() if item_table is None else item_table  # [I, D]
+        columns = click_surprise(state.feature, state.recent, table, items, catalogue)
+        new_state, feature = self.step(state, items)
+        return new_state, feature, stack_surprise(*columns, torch.zeros_like(columns[0]))
 
     def _cell(self, x: torch.Tensor, h: torch.Tensor, layer: int) -> torch.Tensor:
         """One GRU cell of `layer` with `nn.GRU`'s weights (gate order r, z, n)."""

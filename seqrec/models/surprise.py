@@ -62,6 +62,28 @@ def push_recent(recent: torch.Tensor, features: torch.Tensor, mask: torch.Tensor
     return torch.where(mask[:, None, None], shifted, recent)
 
 
+def click_surprise(
+    feature: torch.Tensor,
+    recent: torch.Tensor,
+    table: torch.Tensor,
+    items: torch.Tensor,
+    catalogue: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first four surprise columns of clicks `items [B]` for users whose state before the
+    click has `feature [B, D]` and `recent [B, R, D]`, with `table [I, D]` the F_t of every
+    item: `(logit, nll, catalogue_rank, drift)`, each `[B]`. Without `catalogue` the nll and
+    rank share are NaN and the `[B, D] × [D, I]` product is skipped."""
+    if catalogue:
+        logits = feature @ table[1:].t()  # [B, I − 1]: items 1..I−1
+        # the click's logit from the same product, so it never ranks above itself
+        logit = logits.gather(1, (items - 1).clamp_min(0).unsqueeze(1)).squeeze(1)  # [B]
+        nll, rank = catalogue_surprise(logits, logit)
+    else:
+        logit = (feature * table[items]).sum(dim=-1)  # [B]
+        nll = rank = torch.full_like(logit, float("nan"))
+    return logit, nll, rank, feature_drift(table[items], recent)
+
+
 def stack_surprise(
     logit: torch.Tensor,
     nll: torch.Tensor,

@@ -25,15 +25,11 @@ import torch
 from torch import nn
 
 from seqrec.models.base import SequentialRecommender, SRMConfig, compact_history, gather_last
-from seqrec.models.surprise import (
-    DRIFT_WINDOW,
-    catalogue_surprise,
-    feature_drift,
-    push_recent,
-    stack_surprise,
-)
+from seqrec.models.surprise import DRIFT_WINDOW, click_surprise, push_recent, stack_surprise
 from seqrec.models.ttt_linear import RMSNorm, TTTBlock, TTTLinearConfig, TTTState
 from shared.device_format import STATE_NAMES, decode_state, encode_state
+
+TARGET_TOWERS = ("mlp", "embedding")
 
 
 @dataclass
@@ -50,9 +46,16 @@ class TTT4RecConfig(SRMConfig):
     use_rope: bool = True  # RoPE on Q, K inside the mini-batch, as published
     intermediate_size: int = 128  # SwiGLU hidden width (2·D by default)
     drift_window: int = DRIFT_WINDOW  # R: last clicks the drift of a new click is taken from
+    # F_t of a candidate: "mlp" = the shared embedding then a 2-layer MLP (the abstract);
+    # "embedding" = the shared embedding itself, as SASRec and GRU4Rec score
+    target_tower: str = "mlp"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.target_tower not in TARGET_TOWERS:
+            raise ValueError(
+                f"target_tower must be one of {TARGET_TOWERS}, got {self.target_tower!r}"
+            )
         if self.num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
         if self.drift_window < 1:
@@ -196,7 +199,12 @@ class TTT4Rec(SequentialRecommender):
         block_config = config.ttt_config()
         self.blocks = nn.ModuleList(TTTBlock(block_config) for _ in range(config.num_layers))
         self.final_norm = RMSNorm(width, block_config.norm_eps)
-        self.target_mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+        if config.target_tower == "mlp":
+            self.target_mlp = nn.Sequential(
+                nn.Linear(width, width), nn.GELU(), nn.Linear(width, width)
+            )
+        else:
+            self.target_mlp = nn.Identity()
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -260,7 +268,8 @@ class TTT4Rec(SequentialRecommender):
         return self.encode_with_state(history)[1]
 
     def item_features(self, items: torch.Tensor) -> torch.Tensor:
-        """`F_t [..., D]` of item ids `[...]`: shared embedding then the 2-layer MLP."""
+        """`F_t [..., D]` of item ids `[...]`: the shared embedding, then the 2-layer MLP unless
+        `target_tower` is "embedding"."""
         return self.target_mlp(self.item_embedding(items))
 
     def score_features(self, features: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -280,7 +289,7 @@ class TTT4Rec(SequentialRecommender):
 
     def score_all(self, history: torch.Tensor) -> torch.Tensor:
         """Logits of every item `[B, I]`: encode once, one matmul against all item features."""
-        all_items = self.target_mlp(self.item_embedding.weight)  # [I, D]
+        all_items = self.all_item_features()  # [I, D]
         return self.encode(history) @ all_items.t()  # [B, D] @ [D, I] -> [B, I]
 
     def init_state(self, batch_size: int = 1) -> TTT4RecState:
@@ -326,32 +335,9 @@ class TTT4Rec(SequentialRecommender):
             `seqrec.models.surprise.SURPRISE_COLUMNS` order.
         """
         table = self.all_item_features() if item_table is None else item_table  # [I, D]
-        if catalogue:
-            logits = state.feature @ table[1:].t()  # [B, I − 1]: items 1..I−1
-            # the click's logit from the same product, so it never ranks above itself
-            logit = logits.gather(1, (items - 1).clamp_min(0).unsqueeze(1)).squeeze(1)  # [B]
-            nll, rank = catalogue_surprise(logits, logit)
-        else:
-            logit = (state.feature * table[items]).sum(dim=-1)  # [B]
-            nll = rank = torch.full_like(logit, float("nan"))
-        drift = feature_drift(table[items], state.recent)
+        columns = click_surprise(state.feature, state.recent, table, items, catalogue)
         new_state, features, inner_loss = self._step(state, items, with_loss=True)
-        return new_state, features, stack_surprise(logit, nll, rank, drift, inner_loss)
-
-    def click(
-        self,
-        state: TTT4RecState,
-        items: torch.Tensor,
-        candidates: torch.Tensor,
-        item_table: torch.Tensor,
-        catalogue: bool = True,
-    ) -> tuple[TTT4RecState, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One click as a device handles it: `step_with_surprise`, then the logits `[B, C]` of
-        the held list's `candidates [B, C]` under the new state (what the next decision reads);
-        one call, so the exported graph runs once per click."""
-        new_state, features, surprise = self.step_with_surprise(state, items, item_table, catalogue)
-        scores = (item_table[candidates] @ features.unsqueeze(-1)).squeeze(-1)  # [B, C]
-        return new_state, features, surprise, scores
+        return new_state, features, stack_surprise(*columns, inner_loss)
 
     def _step(
         self, state: TTT4RecState, items: torch.Tensor, with_loss: bool

@@ -132,12 +132,15 @@ def load_or_compute_srm_tables(
 ) -> SRMTables:
     """`compute_srm_tables` for a torch SRM, through the npz cache when `cache_dir` is set.
 
-    The key holds the SRM's fingerprint (weights and config), the lists' key and whether
-    full ranks were computed.
+    The key holds the SRM's fingerprint (weights and config), how it runs (stepping a carried
+    state or re-reading a window: GRU4Rec did the latter before it stepped), the lists' key and
+    whether full ranks were computed.
     """
+    runner = make_runner(model)
     key = {
         "format": TABLE_FORMAT,
         "srm": srm_fingerprint(model),
+        "runner": type(runner).__name__,
         "lists": lists.key,
         "stream": stream.digest,
         "num_items": num_items,
@@ -146,7 +149,7 @@ def load_or_compute_srm_tables(
     cached = load_npz(path, key) if path and lists.key else None
     if cached is not None:
         return SRMTables(cached["logits"], cached["full_ranks"], cached["surprise"], True)
-    tables = compute_srm_tables(make_runner(model), stream, lists, num_items, resume, progress)
+    tables = compute_srm_tables(runner, stream, lists, num_items, resume, progress)
     if path and lists.key:
         arrays = {
             "logits": tables.logits,

@@ -224,28 +224,41 @@ def test_gru4rec_stepping_equals_its_forward_click_by_click():
 
 
 def test_gru4rec_step_graph_under_onnxruntime_equals_the_torch_step(tmp_path):
+    """The device contract TTT4Rec has: state, surprise and the held list's scores in one run."""
     import numpy as np
     import onnx
-    import onnxruntime as ort
 
-    from seqrec.onnx_export import export_gru4rec_step
+    from device.onnx_runtime import OnnxState, OnnxStepModel
+    from seqrec.models.gru4rec import GRU4RecState
+    from seqrec.onnx_export import export_scorer, export_step
 
     model = _gru_with_long_window(max_len=MAX_LEN)
-    path = export_gru4rec_step(model, tmp_path / "gru_step.onnx")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    clicks = torch.tensor([[4, 9], [0, 3], [17, 0], [40, 1]])  # a 0 is "no click"
+    step = export_step(model, tmp_path / "step.onnx")
+    runner = OnnxStepModel(step, export_scorer(model, tmp_path / "scorer.onnx"))
+    assert runner.model_name == "gru4rec" and runner.state_names == GRU4RecState.names()
+    clicks = torch.tensor([[4, 9], [0, 3], [17, 0], [40, 1], [5, 5], [6, 7]])  # 0 = no click
     candidates = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
-    state, hidden = model.init_state(2), np.zeros((2, 2, 128), dtype=np.float32)
+    table = model.all_item_features()
+    state, onnx_state = model.init_state(2), runner.init_state(2)
     for items in clicks:
         with torch.no_grad():
-            state, feature = model.step(state, items)
-            scores = model.score_features(feature, candidates)
-        feeds = {"hidden": hidden, "items": items.numpy(), "candidates": candidates.numpy()}
-        hidden, found_feature, found_scores = session.run(None, feeds)
-        np.testing.assert_allclose(hidden, state.numpy(), atol=1e-5)
+            state, feature, surprise, scores = model.click(state, items, candidates, table)
+        onnx_state, found_feature, found_surprise, found_scores = runner.click(
+            onnx_state, items.numpy(), candidates.numpy()
+        )
+        for found, want in zip(onnx_state.arrays, state.tensors()):
+            np.testing.assert_allclose(found, want.numpy(), atol=1e-5)
         np.testing.assert_allclose(found_feature, feature.numpy(), atol=1e-5)
+        clicked = (items != 0).numpy()  # a 0 gives a meaningless surprise row
+        np.testing.assert_allclose(found_surprise[clicked], surprise.numpy()[clicked], atol=1e-4)
         np.testing.assert_allclose(found_scores, scores.numpy(), atol=1e-5)
-    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert np.all(found_surprise[:, 4] == 0)  # a GRU has no inner loss
+    back = OnnxState.from_bytes(onnx_state.to_bytes())  # a device stores and reloads it
+    assert back.names == onnx_state.names
+    for a, b in zip(back.arrays, onnx_state.arrays):
+        np.testing.assert_array_equal(a, b)
+    torch.testing.assert_close(GRU4RecState.from_bytes(back.to_bytes()).hidden, state.hidden)
+    ops = {node.op_type for node in onnx.load(str(step)).graph.node}
     assert not ops & {"Loop", "Scan", "If"}
 
 

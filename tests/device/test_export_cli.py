@@ -21,4 +21,4 @@ def test_export_onnx_cli_refuses_a_stateless_model(tmp_path, capsys):
     save_srm(build_model("sasrec", num_items=40, hidden_size=16, max_len=20), tmp_path / "sas")
     assert main(["export-onnx", "--model", str(tmp_path / "sas")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "only ttt4rec exports its step" in err and len(err.splitlines()) == 1
+    assert "ttt4rec and gru4rec export a step" in err and len(err.splitlines()) == 1

@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from device.onnx_runtime import OnnxState, OnnxTTT4Rec
+from device.onnx_runtime import OnnxState, OnnxStepModel
 from device.policies import NeverPolicy
 from device.session import DeviceSession, StatefulRunner
 from seqrec.models.ttt4rec import TTT4Rec, TTT4RecConfig, TTT4RecState
@@ -56,8 +56,8 @@ def paths(exported):
 
 
 @pytest.fixture(scope="module")
-def runner(paths) -> OnnxTTT4Rec:
-    return OnnxTTT4Rec(*paths)
+def runner(paths) -> OnnxStepModel:
+    return OnnxStepModel(*paths)
 
 
 def close(got, want, atol: float, rtol: float = 0.0, err_msg: str = "") -> None:

@@ -196,6 +196,20 @@ def test_config_validation():
         TTT4RecConfig(num_items=10, hidden_size=64, num_heads=5)
     with pytest.raises(ValueError, match="num_items"):
         TTT4RecConfig(num_items=0)
+    with pytest.raises(ValueError, match="target_tower"):
+        TTT4RecConfig(num_items=10, target_tower="tower")
+
+
+def test_the_embedding_target_tower_scores_against_the_shared_embedding():
+    model = make_model(4, target_tower="embedding")
+    history, items = random_history(3, 12, seed=8), random_history(3, 10, seed=9)
+    assert not any("target_mlp" in name for name, _ in model.named_parameters())
+    with torch.no_grad():
+        features = model.encode(history)
+        want = torch.einsum("bcd,bd->bc", model.item_embedding(items), features)
+        torch.testing.assert_close(model.score(history, items), want)
+        # the carried state still equals the forward with this tower
+        torch.testing.assert_close(stream(model, history)[1], features, rtol=0, atol=1e-9)
 
 
 def shifted_sequences(count: int, length: int, generator: torch.Generator):
