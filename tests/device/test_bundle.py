@@ -101,6 +101,35 @@ def test_a_bundle_session_shows_what_the_torch_device_shows(bundle_dir, srm):
     )
 
 
+def test_a_gru4rec_bundle_steps_as_the_torch_gru4rec_does(tmp_path):
+    """One contract for every stateful SRM: a GRU4Rec bundle runs where a TTT4Rec one does."""
+    from seqrec.models import build_model
+
+    torch.manual_seed(0)
+    gru = build_model("gru4rec", num_items=NUM_ITEMS, hidden_size=16, max_len=4).eval()
+    with torch.no_grad():  # weights far from their init, so clicks move the scores
+        gru.item_embedding.weight.normal_(0.0, 0.5)
+    export_device_bundle(tmp_path / "gru", gru, learned_policy(), AGE_FUSION,
+                         BundleSettings(5, 8, 10), ITEM_IDS)  # fmt: skip
+    bundle = load_bundle(tmp_path / "gru", NUM_ITEMS, catalogue_digest(ITEM_IDS[1:]))
+    assert bundle.model.model_name == "gru4rec"
+    listed = CandidateList(np.arange(1, 11), -np.arange(10, dtype=np.float32), "v1")
+    history = [7, 44, 3, 90, 15, 16]  # longer than the training window: the state keeps all
+    from_bundle = bundle.session(11, history, listed)
+    by_hand = DeviceSession(make_runner(gru), learned_policy().spawn(11),
+                            AGE_FUSION, SessionConfig(5, 8), history, listed)  # fmt: skip
+    for click in (12, 5, 60, 2, 33, 8, 71):
+        assert from_bundle.needs_refresh() == by_hand.needs_refresh()
+        np.testing.assert_allclose(from_bundle.srm_logits(), by_hand.srm_logits(), atol=1e-4)
+        assert from_bundle.recommend().tolist() == by_hand.recommend().tolist()
+        from_bundle.observe(click)
+        by_hand.observe(click)
+    with torch.no_grad():  # the state read every click, not the last max_len = 4
+        window = gru.score(torch.tensor([history + [12, 5, 60, 2, 33, 8, 71]]),
+                           torch.arange(1, 11)[None])[0].numpy()  # fmt: skip
+    assert not np.allclose(from_bundle.srm_logits(), window, atol=1e-3)
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
