@@ -50,13 +50,20 @@ class TorchStatefulRunner:
         return self.model.step(state[0], torch.tensor([item], dtype=torch.long))
 
     @torch.no_grad()
+    def item_table(self) -> torch.Tensor:
+        """`[I, D]` F_t of every item, computed once (the model is frozen)."""
+        if self._table is None:
+            self._table = self.model.all_item_features()
+        return self._table
+
+    @torch.no_grad()
     def step_with_surprise(
         self, state: tuple[Any, torch.Tensor], history: np.ndarray, item: int
     ) -> tuple[tuple[Any, torch.Tensor], np.ndarray]:
-        if self._table is None:
-            self._table = self.model.all_item_features()
         items = torch.tensor([item], dtype=torch.long)
-        new_state, features, surprise = self.model.step_with_surprise(state[0], items, self._table)
+        new_state, features, surprise = self.model.step_with_surprise(
+            state[0], items, self.item_table()
+        )
         return (new_state, features), surprise[0].numpy().astype(np.float64)
 
     @torch.no_grad()

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from device.session import SRMRunner
-from seqrec.runners import make_runner
+from seqrec.runners import TorchStatefulRunner, make_runner
 from shared.cache import digest, load_npz, save_npz
 from shared.device_format import SURPRISE_COLUMNS
 from shared.metrics import full_ranking_ranks
@@ -21,6 +21,7 @@ from simulations.replay.lists import FreshLists
 from simulations.replay.stream import ReplayStream
 
 TABLE_FORMAT = 2  # bump when the SRM tables change; 2 added the surprise
+CHUNK_USERS = 1024  # users a batched runner steps together
 
 # ---------------------------------------------------------------- SRM outputs
 
@@ -94,8 +95,13 @@ def compute_srm_tables(
     num_items: int = 0,
     resume: ResumeStates | None = None,
     progress: bool = False,
+    chunk_users: int = CHUNK_USERS,
 ) -> SRMTables:
     """Step `runner` through every user's clicks exactly as a device does, scoring every list.
+
+    A torch model that carries a state (`TorchStatefulRunner`) is stepped for `chunk_users`
+    users at once (one batched step per click offset: the same numbers as stepping each user
+    alone, without the per-call overhead); any other runner user by user.
 
     Args:
         runner: the SRM behind its device adapter (`make_runner(model)`).
@@ -105,12 +111,26 @@ def compute_srm_tables(
         resume: user -> (clicks folded, state) to continue from, updated with each user's
             state after the stream (a validation stream ends where the test stream starts).
         progress: show a progress bar.
+        chunk_users: users stepped together by a batched runner (bounds its memory).
     """
 
     shape = (stream.num_users, stream.window, stream.window, lists.items.shape[-1])
     logits = np.zeros(shape, dtype=np.float32)
     full = np.full((stream.num_users, stream.window), np.nan)
     surprise = np.zeros((stream.num_users, stream.window, len(SURPRISE_COLUMNS)))
+    if isinstance(runner, TorchStatefulRunner):
+        if chunk_users < 1:
+            raise ValueError(f"chunk_users must be >= 1, got {chunk_users}")
+        starts = range(0, stream.num_users, chunk_users)
+        chunks = progress_bar(
+            starts, desc=f"SRM on {stream.role} stream (chunks)", enabled=progress
+        )
+        for start in chunks:
+            rows = np.arange(start, min(start + chunk_users, stream.num_users))
+            logits[rows], full[rows], surprise[rows] = _chunk_tables(
+                runner, stream, rows, lists.items[rows], num_items, resume
+            )
+        return SRMTables(logits, full, surprise)
     rows = progress_bar(
         range(stream.num_users), desc=f"SRM on {stream.role} stream", enabled=progress
     )
@@ -119,6 +139,71 @@ def compute_srm_tables(
             runner, stream, row, lists.items[row], num_items, resume
         )
     return SRMTables(logits, full, surprise)
+
+
+def _chunk_tables(
+    runner: TorchStatefulRunner,
+    stream: ReplayStream,
+    rows: np.ndarray,
+    lists: np.ndarray,
+    num_items: int,
+    resume: ResumeStates | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_user_tables` for the users at `rows` at once: `[B, T, T, N]` logits, `[B, T]` full
+    ranks and `[B, T, 5]` surprise. Clicks of item 0 leave a state as it is, so users whose
+    histories differ in length step together."""
+    import torch
+
+    model, window = runner.model, stream.window
+    sequences = [stream.sequences[r] for r in rows]
+    starts = stream.starts[rows].astype(np.int64)
+    users = [int(u) for u in stream.users[rows]]
+    kept = [
+        resume[u] if resume is not None and u in resume and resume[u][0] <= start else None
+        for u, start in zip(users, starts)
+    ]
+    folded = np.array([0 if k is None else k[0] for k in kept], dtype=np.int64)
+    states = [model.init_state(1) if k is None else k[1][0] for k in kept]
+    state = type(states[0]).cat(states)
+    table = runner.item_table()
+    with torch.no_grad():
+        # the history up to its last click, which is stepped with its surprise
+        for offset in range(int(max(starts - 1 - folded, default=0))):
+            index = folded + offset
+            items = [
+                int(seq[i]) if i < start - 1 else 0
+                for seq, i, start in zip(sequences, index, starts)
+            ]
+            state, _ = model.step(state, torch.tensor(items))
+        pending = folded < starts  # users whose last history click is still to be stepped
+        items = [
+            int(seq[start - 1]) if p else 0 for seq, start, p in zip(sequences, starts, pending)
+        ]
+        state, _, last = model.step_with_surprise(state, torch.tensor(items), table)
+        last = last.double().numpy()
+        for b, k in enumerate(kept):
+            if not pending[b]:
+                last[b] = k[2]  # resumed exactly at the stream: its last surprise is kept
+        logits = np.zeros((len(rows), window, window, lists.shape[-1]), dtype=np.float32)
+        surprise = np.zeros((len(rows), window, len(SURPRISE_COLUMNS)))
+        full = np.full((len(rows), window), np.nan)
+        candidates = torch.as_tensor(lists.astype(np.int64))  # [B, T, N]
+        for t in range(window):
+            surprise[:, t] = last
+            for j in range(t + 1):
+                logits[:, t, j] = model.score_features(state.feature, candidates[:, j]).numpy()
+            clicks = np.array([seq[start + t] for seq, start in zip(sequences, starts)])
+            if num_items:
+                scores = (state.feature @ table.t()).double().numpy()  # [B, I]
+                histories = [seq[: start + t] for seq, start in zip(sequences, starts)]
+                full[:, t] = full_ranking_ranks(scores, clicks, histories)
+            state, _, last = model.step_with_surprise(state, torch.as_tensor(clicks), table)
+            last = last.double().numpy()
+    if resume is not None:
+        for b, user in enumerate(users):
+            one = type(state)(*(tensor[b : b + 1] for tensor in state.tensors()))
+            resume[user] = (int(starts[b]) + window, (one, one.feature), last[b])
+    return logits, full, surprise
 
 
 def load_or_compute_srm_tables(

@@ -185,6 +185,50 @@ def test_resumed_states_give_the_same_tables(split, srm, data):
     np.testing.assert_array_equal(resumed.logits, data.srm.logits)
 
 
+class OneByOne:
+    """A stateful runner the tables cannot batch: the user-by-user path, as a device steps."""
+
+    def __init__(self, runner) -> None:
+        self.runner, self.num_items = runner, runner.num_items
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+
+@pytest.mark.parametrize("name", ["ttt4rec", "gru4rec"])
+def test_batched_tables_equal_stepping_each_user_alone(name, split, srm, data):
+    from seqrec.models import build_model
+
+    if name == "gru4rec":
+        torch.manual_seed(0)
+        model = build_model("gru4rec", num_items=split.num_items, hidden_size=16, max_len=8)
+        with torch.no_grad():
+            model.item_embedding.weight.normal_(0.0, 0.5)
+        model = model.eval()
+    else:
+        model = srm
+    valid = stream_from_split(split, "valid")
+    valid_rows = [int(np.flatnonzero(data.stream.users == u)[0]) for u in valid.users]
+    valid_lists = dataclasses.replace(
+        data.lists, items=data.lists.items[valid_rows], scores=data.lists.scores[valid_rows]
+    )
+    tables = {}
+    for how, runner, chunk in (("batched", make_runner(model), 5), ("alone", None, 0)):
+        runner = runner or OneByOne(make_runner(model))
+        resume: dict = {}
+        compute_srm_tables(runner, valid, valid_lists, resume=resume, chunk_users=chunk or 1)
+        tables[how] = compute_srm_tables(
+            runner, data.stream, data.lists, split.num_items, resume=resume, chunk_users=chunk or 1
+        )
+    batched, alone = tables["batched"], tables["alone"]
+    # float32 sums in another order: equal to a few units in the last place of the largest
+    scale = np.abs(alone.logits).max()
+    np.testing.assert_allclose(batched.logits, alone.logits, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(batched.surprise, alone.surprise, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(batched.full_ranks, alone.full_ranks)
+    assert np.abs(batched.logits).max() > 1e-3  # the logits are not all ~0
+
+
 def test_always_shows_the_fresh_list_of_every_step(srm, data):
     result = replay(data, AlwaysPolicy())
     assert result.request_rate == 1.0
