@@ -24,13 +24,29 @@ def add_dataset_args(parser: argparse.ArgumentParser, required: bool = True) -> 
     parser.add_argument(
         "--synthetic-users", type=int, default=500, help="users of the synthetic data set"
     )
+    parser.add_argument(
+        "--synthetic-items", type=int, default=1000, help="items of the synthetic data set"
+    )
+    parser.add_argument(
+        "--synthetic-simulator",
+        choices=("per-user", "batched"),
+        default="per-user",
+        help="per-user: the README's synthetic data; batched: every user at once, for "
+        "10^5-10^6 users (same story, another random stream)",
+    )
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data set")
 
 
 def load_dataset_from_args(args: argparse.Namespace):
 
     if args.dataset == "synthetic":
-        return load_dataset("synthetic", num_users=args.synthetic_users, seed=args.data_seed)
+        return load_dataset(
+            "synthetic",
+            num_users=args.synthetic_users,
+            num_items=args.synthetic_items,
+            seed=args.data_seed,
+            batched=args.synthetic_simulator == "batched",
+        )
     return load_dataset(args.dataset, path=args.path, k_core=args.k_core)
 
 

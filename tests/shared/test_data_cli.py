@@ -18,11 +18,21 @@ def test_stats_table_is_readable(capsys):
     assert "users" in out and "40" in out and "time span" in out
 
 
+@pytest.mark.parametrize("simulator", ["per-user", "batched"])
+def test_the_synthetic_catalogue_size_and_simulator_are_options(capsys, simulator):
+    argv = ["data", "stats", "--dataset", "synthetic", "--synthetic-users", "300"]
+    argv += ["--synthetic-items", "200", "--synthetic-simulator", simulator, "--json"]
+    assert main(argv) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["users"] == 300 and stats["items"] == 200
+
+
 @pytest.mark.parametrize(
     ("argv", "problem"),
     [
         (["data", "stats", "--dataset", "imdb"], "unknown dataset 'imdb'"),
         (["data", "stats", "--dataset", "csv"], "needs --path"),
+        (["data", "stats", "--dataset", "synthetic", "--synthetic-items", "10"], "num_topics"),
         (["data", "stats", "--dataset", "csv", "--path", "missing.csv"], "no such file"),
     ],
 )

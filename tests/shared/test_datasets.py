@@ -110,16 +110,15 @@ def test_unknown_dataset_and_missing_path():
         load_dataset("csv", path="does/not/exist.csv")
 
 
-def test_synthetic_is_seeded_and_has_no_repeats():
-    a = make_synthetic(
-        num_users=30, num_items=120, num_topics=6, min_length=10, max_length=30, seed=5
-    )
-    b = make_synthetic(
-        num_users=30, num_items=120, num_topics=6, min_length=10, max_length=30, seed=5
-    )
-    c = make_synthetic(
-        num_users=30, num_items=120, num_topics=6, min_length=10, max_length=30, seed=6
-    )
+SIMULATORS = pytest.mark.parametrize("batched", [False, True], ids=["per-user", "batched"])
+
+
+@SIMULATORS
+def test_synthetic_is_seeded_and_has_no_repeats(batched):
+    small = dict(num_users=30, num_items=120, num_topics=6, min_length=10, max_length=30)
+    a = make_synthetic(**small, seed=5, batched=batched)
+    b = make_synthetic(**small, seed=5, batched=batched)
+    c = make_synthetic(**small, seed=6, batched=batched)
     assert all(np.array_equal(x, y) for x, y in zip(a.sequences, b.sequences))
     assert not all(np.array_equal(x, y) for x, y in zip(a.sequences, c.sequences))
     for seq in a.sequences:
@@ -127,8 +126,10 @@ def test_synthetic_is_seeded_and_has_no_repeats():
         assert seq.min() >= 1 and seq.max() <= a.num_items
 
 
-def test_synthetic_interests_drift_between_topics():
+@SIMULATORS
+def test_synthetic_interests_drift_between_topics(batched):
     ds = make_synthetic(
+        batched=batched,
         num_users=50,
         num_items=400,
         num_topics=10,
@@ -154,8 +155,11 @@ def test_synthetic_config_is_validated():
         make_synthetic(num_items=10, num_topics=20)
 
 
-def test_synthetic_data_expose_the_latent_topic_of_every_click():
-    dataset = make_synthetic(num_users=30, num_items=200, num_topics=5, noise=0.0, seed=2)
+@SIMULATORS
+def test_synthetic_data_expose_the_latent_topic_of_every_click(batched):
+    dataset = make_synthetic(
+        num_users=30, num_items=200, num_topics=5, noise=0.0, seed=2, batched=batched
+    )
     assert [len(t) for t in dataset.latent_topics] == [len(s) for s in dataset.sequences]
     item_topic = {i: int(a[0].split("=")[1]) for i, a in enumerate(dataset.item_attributes) if a}
     drawn = np.concatenate(dataset.latent_topics)
@@ -164,3 +168,43 @@ def test_synthetic_data_expose_the_latent_topic_of_every_click():
     assert (drawn == clicked).mean() > 0.95
     switches = np.concatenate([np.diff(t) != 0 for t in dataset.latent_topics])
     assert 0.05 < switches.mean() < 0.4  # mean dwell 6 clicks
+
+
+def _same_topic_share(dataset) -> float:
+    """Share of consecutive clicks whose items share a topic."""
+    item_topic = np.array([int(a[0].split("=")[1]) if a else -1 for a in dataset.item_attributes])
+    same = np.concatenate([item_topic[s[1:]] == item_topic[s[:-1]] for s in dataset.sequences])
+    return float(same.mean())
+
+
+def _common_pair_share(dataset, at_least: int = 5) -> float:
+    """Share of consecutive click pairs (raw item ids) that at least `at_least` users made:
+    the topics' item order makes some transitions common (the sequential pattern)."""
+    raw = np.array([int(i) if i else -1 for i in dataset.item_ids])
+    pairs = np.concatenate([raw[s[:-1]] * 100_000 + raw[s[1:]] for s in dataset.sequences])
+    _, inverse, counts = np.unique(pairs, return_inverse=True, return_counts=True)
+    return float((counts[inverse] >= at_least).mean())
+
+
+def test_the_batched_simulator_tells_the_per_user_story():
+    """Same world (seed), same distributions: item popularity, staying in a topic, lengths."""
+    options = dict(num_users=1500, num_items=300, num_topics=10, seed=3)
+    per_user = make_synthetic(**options)
+    batched = make_synthetic(**options, batched=True)
+
+    def counts(dataset):
+        raw = np.array([int(i) for i in dataset.item_ids[1:]])  # the world's item index
+        clicks = np.bincount(np.concatenate(dataset.sequences), minlength=dataset.num_items + 1)
+        out = np.zeros(options["num_items"])
+        out[raw] = clicks[1:]
+        return out
+
+    a, b = counts(per_user), counts(batched)
+    assert np.corrcoef(a, b)[0, 1] > 0.95  # the same items are popular
+    assert abs(_same_topic_share(per_user) - _same_topic_share(batched)) < 0.02
+    assert abs(_common_pair_share(per_user) - _common_pair_share(batched)) < 0.03
+    lengths = [np.mean([len(s) for s in d.sequences]) for d in (per_user, batched)]
+    assert abs(lengths[0] - lengths[1]) < 2.0
+    stays = [np.concatenate([np.diff(t) == 0 for t in d.latent_topics]).mean()
+             for d in (per_user, batched)]  # fmt: skip
+    assert abs(stays[0] - stays[1]) < 0.02
