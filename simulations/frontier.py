@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -95,9 +96,14 @@ def load_points(folders: list[str]) -> list[Point]:
                 int(settings.get("hidden_size", payload["args"].get("hidden_size", 64))),
             )
             for reading, field in READING_KEYS.items():
-                groups.setdefault((*setting, reading), {})[run["seed"]] = (
-                    float(run[field][METRIC]) if field in run else None
-                )
+                by_seed = groups.setdefault((*setting, reading), {})
+                if run["seed"] in by_seed:
+                    raise ValueError(
+                        f"{run['model']} L={setting[2]} seed {run['seed']} ({setting[0]}) "
+                        f"appears twice; merge the folders with the runs to keep first "
+                        "(lsc4rec model-table --merge … --models …)"
+                    )
+                by_seed[run["seed"]] = float(run[field][METRIC]) if field in run else None
     points = []
     for (protocol, model, max_len, options, width, reading), by_seed in sorted(groups.items()):
         values = list(by_seed.values())
@@ -243,7 +249,11 @@ def plot(points: list[Point], path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    points = load_points(args.tables)
+    try:
+        points = load_points(args.tables)
+    except ValueError as error:
+        print(f"lsc4rec frontier: error: {error}", file=sys.stderr)
+        return 2
     if not points:
         raise ValueError("the model tables hold no runs")
     num_items = _catalogue_size(args.tables)

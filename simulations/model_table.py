@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 METRICS = ("NDCG@5", "NDCG@10", "HR@5", "HR@10")
+MODELS = ("din", "gru4rec", "sasrec", "ttt4rec")
 PROTOCOLS = {"sampled": "1:99 sampled negatives", "full": "full ranking (history masked)"}
 # Models that carry a state are also scored as a device steps them: the state built from every
 # click before the target, not from the last max_len (the key's runs exist for those only).
@@ -49,7 +50,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="which clicks are held out: the training part's last two (default) or each "
         "user's last two (the papers')",
     )
-    parser.add_argument("--models", nargs="+", default=["din", "gru4rec", "sasrec", "ttt4rec"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help=f"models to train (default: {' '.join(MODELS)}); with --merge, the models whose "
+        "runs are merged (default: all)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
         "--epochs", type=int, default=200, help="most epochs (the paper's table: 10, --patience 0)"
@@ -341,6 +348,10 @@ def main(argv=None) -> int:
     if args.merge:
         try:
             dataset_name, runs = load_runs(args.merge)
+            if args.models:  # merge only these models' runs
+                runs = [r for r in runs if r["model"] in args.models]
+                if not runs:
+                    raise ValueError(f"the folders hold no run of {', '.join(args.models)}")
         except ValueError as error:
             print(f"model_table: error: {error}", file=sys.stderr)
             return 2
@@ -353,6 +364,7 @@ def main(argv=None) -> int:
     # Negatives never come from anything the user ever clicked (stream included).
     negatives = fixed_eval_negatives(dataset.sequences, dataset.num_items, count=99, seed=1234)
     runs = []
+    args.models = args.models or list(MODELS)
     for name in args.models:
         for seed in args.seeds:
             runs.append(run_one(name, seed, dataset, loo, negatives, args))

@@ -178,3 +178,20 @@ def test_frontier_end_to_end_on_two_model_tables(two_parts, tmp_path):
     assert (out / "frontier.png").stat().st_size > 0
     text = (out / "frontier.md").read_text()
     assert "gru4rec L=" in text and "ttt4rec trained L=50, stepping" in text
+
+
+def test_merge_keeps_only_the_models_asked_for_and_the_frontier_refuses_a_run_twice(
+    two_parts, tmp_path, capsys
+):
+    from simulations import frontier
+
+    out = tmp_path / "gru_only"
+    parts = [str(two_parts / "part0"), str(two_parts / "part1")]
+    assert main(["--merge", *parts, "--models", "gru4rec", "--out", str(out)]) == 0
+    assert {r["model"] for r in _payload(out)["runs"]} == {"gru4rec"}
+    assert main(["--merge", *parts, "--models", "din", "--out", str(tmp_path / "x")]) == 2
+    assert "no run of din" in capsys.readouterr().err
+    argv = ["--tables", str(two_parts / "part0"), str(out), "--out", str(tmp_path / "f")]
+    assert frontier.main(argv) == 2  # gru4rec seed 0 is in both folders
+    err = capsys.readouterr().err.strip()
+    assert "seed 0" in err and "appears twice" in err and len(err.splitlines()) == 1
