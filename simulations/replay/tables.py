@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from device.session import SRMRunner
-from seqrec.runners import TorchStatefulRunner, make_runner
+from seqrec.runners import HistoryRunner, TorchStatefulRunner, make_runner
 from shared.cache import digest, load_npz, save_npz
 from shared.device_format import SURPRISE_COLUMNS
 from shared.metrics import full_ranking_ranks
@@ -99,9 +99,11 @@ def compute_srm_tables(
 ) -> SRMTables:
     """Step `runner` through every user's clicks exactly as a device does, scoring every list.
 
-    A torch model that carries a state (`TorchStatefulRunner`) is stepped for `chunk_users`
-    users at once (one batched step per click offset: the same numbers as stepping each user
-    alone, without the per-call overhead); any other runner user by user.
+    The torch runners work on `chunk_users` users at once (the same numbers as each user
+    alone, without the per-call overhead): a model that carries a state
+    (`TorchStatefulRunner`) takes one batched step per click offset, a model that re-reads its
+    window (`HistoryRunner`) scores the whole catalogue once per step for every user; any other
+    runner (the onnxruntime one) goes user by user.
 
     Args:
         runner: the SRM behind its device adapter (`make_runner(model)`).
@@ -118,7 +120,8 @@ def compute_srm_tables(
     logits = np.zeros(shape, dtype=np.float32)
     full = np.full((stream.num_users, stream.window), np.nan)
     surprise = np.zeros((stream.num_users, stream.window, len(SURPRISE_COLUMNS)))
-    if isinstance(runner, TorchStatefulRunner):
+    batched = {TorchStatefulRunner: _chunk_tables, HistoryRunner: _chunk_tables_history}
+    if type(runner) in batched:
         if chunk_users < 1:
             raise ValueError(f"chunk_users must be >= 1, got {chunk_users}")
         starts = range(0, stream.num_users, chunk_users)
@@ -127,7 +130,7 @@ def compute_srm_tables(
         )
         for start in chunks:
             rows = np.arange(start, min(start + chunk_users, stream.num_users))
-            logits[rows], full[rows], surprise[rows] = _chunk_tables(
+            logits[rows], full[rows], surprise[rows] = batched[type(runner)](
                 runner, stream, rows, lists.items[rows], num_items, resume
             )
         return SRMTables(logits, full, surprise)
@@ -243,3 +246,64 @@ def load_or_compute_srm_tables(
         }
         save_npz(path, key, arrays)
     return tables
+
+
+def _chunk_tables_history(
+    runner: HistoryRunner,
+    stream: ReplayStream,
+    rows: np.ndarray,
+    lists: np.ndarray,
+    num_items: int,
+    resume: ResumeStates | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_user_tables` of a window-reading model for the users at `rows` at once: at every
+    step one `score_all` of each user's last `max_len` clicks gives the held lists' logits,
+    the target's full rank and the surprise of the click that follows."""
+    import torch
+
+    from seqrec.models.surprise import catalogue_surprise, feature_drift
+
+    model, window = runner.model, stream.window
+    sequences = [stream.sequences[r] for r in rows]
+    starts = stream.starts[rows].astype(np.int64)
+    width = runner.max_len or max(int(starts.max()) + window, 1)
+    table = model.all_item_features().double()  # [I, D], for the drift
+
+    def windows(ends: np.ndarray, length: int) -> torch.Tensor:
+        """`[B, length]` the `length` clicks before each `end` (left-padded with 0)."""
+        out = np.zeros((len(rows), length), dtype=np.int64)
+        for b, (seq, end) in enumerate(zip(sequences, ends)):
+            part = seq[max(0, end - length) : end]
+            out[b, length - len(part) :] = part
+        return torch.as_tensor(out)
+
+    def surprise_of(scores: torch.Tensor, ends: np.ndarray) -> np.ndarray:
+        """`[B, 5]` surprise of each user's click at `ends`, `scores` from the clicks before."""
+        clicks = torch.as_tensor(np.array([seq[end] for seq, end in zip(sequences, ends)]))
+        logits = scores[:, 1:]  # [B, I − 1]: items 1..I−1, as the runner scores them
+        logit = logits.gather(1, (clicks - 1).unsqueeze(1)).squeeze(1)
+        nll, rank = catalogue_surprise(logits, logit)
+        recent = table[windows(ends, runner.drift_window)]  # [B, R, D]; padding rows are 0
+        drift = feature_drift(table[clicks], recent)
+        return torch.stack([logit, nll, rank, drift, torch.zeros_like(logit)], 1).numpy()
+
+    with torch.no_grad():
+        logits = np.zeros((len(rows), window, window, lists.shape[-1]), dtype=np.float32)
+        surprise = np.zeros((len(rows), window, len(SURPRISE_COLUMNS)))
+        full = np.full((len(rows), window), np.nan)
+        previous = model.score_all(windows(starts - 1, width)).double()
+        last = surprise_of(previous, starts - 1)
+        for t in range(window):
+            surprise[:, t] = last
+            scores = model.score_all(windows(starts + t, width)).double()  # [B, I]
+            picked = np.take_along_axis(scores.numpy(), lists[:, : t + 1].reshape(len(rows), -1), 1)
+            logits[:, t, : t + 1] = picked.reshape(len(rows), t + 1, -1)
+            if num_items:
+                clicks = np.array([seq[start + t] for seq, start in zip(sequences, starts)])
+                histories = [seq[: start + t] for seq, start in zip(sequences, starts)]
+                full[:, t] = full_ranking_ranks(scores.numpy(), clicks, histories)
+            last = surprise_of(scores, starts + t)
+    if resume is not None:
+        for b, user in enumerate(stream.users[rows]):
+            resume[int(user)] = (int(starts[b]) + window, None, last[b])
+    return logits, full, surprise

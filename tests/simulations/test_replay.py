@@ -195,13 +195,13 @@ class OneByOne:
         return getattr(self.runner, name)
 
 
-@pytest.mark.parametrize("name", ["ttt4rec", "gru4rec"])
+@pytest.mark.parametrize("name", ["ttt4rec", "gru4rec", "sasrec", "din"])
 def test_batched_tables_equal_stepping_each_user_alone(name, split, srm, data):
     from seqrec.models import build_model
 
-    if name == "gru4rec":
+    if name != "ttt4rec":  # stepping (gru4rec) or re-reading the last 8 clicks
         torch.manual_seed(0)
-        model = build_model("gru4rec", num_items=split.num_items, hidden_size=16, max_len=8)
+        model = build_model(name, num_items=split.num_items, hidden_size=16, max_len=8)
         with torch.no_grad():
             model.item_embedding.weight.normal_(0.0, 0.5)
         model = model.eval()
