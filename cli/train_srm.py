@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cli.common import add_dataset_args, load_dataset_from_args
 from cloud.loading import load_generator
+from seqrec import distributed
 from seqrec.checkpoint import load_srm, save_srm
 from seqrec.collaborative import (
     CollaborativeConfig,
@@ -125,7 +126,22 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--collaborative needs --llm DIR (a generator folder from train-llm)")
     if args.threads:
         torch.set_num_threads(args.threads)
+    # under torchrun: every process trains on its share of each batch (`seqrec.distributed`)
+    if distributed.init_from_env() and args.collaborative:
+        raise ValueError("--collaborative trains in one process; run it without torchrun")
+    try:
+        return _train(args)
+    finally:
+        if distributed.is_distributed():
+            torch.distributed.destroy_process_group()
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    lead = distributed.rank() == 0  # the one process that prints and writes
     config = TrainConfig(
+        progress=lead,
         epochs=args.epochs,
         patience=args.patience,
         level=args.level,
@@ -163,16 +179,22 @@ def run(args: argparse.Namespace) -> int:
             max_len=args.max_len,
             **options,
         )
-    print(
-        f"training {model.name} on {dataset.name}: {sum(len(s) for s in split.train):,} "
-        f"training interactions, {len(users)} validation users"
-    )
+    if lead:
+        print(
+            f"training {model.name} on {dataset.name}: {sum(len(s) for s in split.train):,} "
+            f"training interactions, {len(users)} validation users"
+            + (f", {distributed.world_size()} processes" if distributed.is_distributed() else "")
+        )
     log = {"dataset": dataset.name, "model": model.name, "stages": {}}
     if not args.init:
-        result = train_srm(model, split.train, valid, config, on_epoch=_print_epoch)
+        on_epoch = _print_epoch if lead else None
+        result = train_srm(model, split.train, valid, config, on_epoch=on_epoch)
         log["stages"]["alone"] = _stage_log(result, config.select_protocol)
+        log["stages"]["alone"]["processes"] = distributed.world_size()
     if args.collaborative:
         log["stages"].update(_collaborative_stages(args, model, split, valid, config))
+    if not lead:
+        return 0
     out = save_srm(model, args.out)
     (Path(out) / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
     for name, stage in log["stages"].items():

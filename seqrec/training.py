@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from seqrec import distributed
 from seqrec.evaluation import evaluate_full, evaluate_in_lists, evaluate_sampled
 from seqrec.losses import LOSSES, batch_loss
 from seqrec.models.base import SequentialRecommender
@@ -249,14 +250,23 @@ def _train_one_epoch(model, batcher, optimizer, config: TrainConfig, epoch: int)
         batcher, desc=f"epoch {epoch}/{config.epochs}", enabled=config.progress, leave=False
     )
     for batch in bar:
-        own = batcher.own_item_mask(batch.users) if config.loss == "ce" else None
-        loss, pairs = batch_loss(model, batch, config.loss, own)
+        batch = distributed.shard_rows(batch)  # this process's rows (all of them when alone)
+        loss, pairs = None, 0
+        if len(batch.users):  # a process may get no rows of a small last batch
+            own = batcher.own_item_mask(batch.users) if config.loss == "ce" else None
+            loss, pairs = batch_loss(model, batch, config.loss, own)
+        share = distributed.global_share(pairs)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if pairs:
+            # weighted by this process's share of the batch's pairs: the summed gradient is
+            # then the whole batch's (`seqrec.distributed`)
+            (loss * share).backward()
+        distributed.all_reduce_gradients(model)
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        total += loss.item() * pairs
+        total += loss.item() * pairs if pairs else 0.0
         count += pairs
-        bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+    total, count = distributed.all_reduce_sum(total, count)
     return total / max(count, 1)

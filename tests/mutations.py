@@ -62,8 +62,24 @@ FUSION = ("tests/device/test_fusion.py",)
 STARTUP = ("tests/cloud/test_startup.py",)
 ITEM_TEXT = ("tests/cloud/test_item_text.py",)
 COLD = ("tests/shared/test_splits.py",)
+DISTRIBUTED = ("tests/device/test_distributed.py",)
+TABLES = ("tests/simulations/test_replay.py",)
 
 MUTATIONS = (
+    Mutation(
+        "each process's loss not weighted by its share of the batch",
+        "seqrec/training.py",
+        "(loss * share).backward()",
+        "loss.backward()",
+        DISTRIBUTED,
+    ),
+    Mutation(
+        "batched tables score the held lists with the state after the click",
+        "simulations/replay/tables.py",
+        "            for j in range(t + 1):\n                logits[:, t, j] = model.score_features",
+        "            state, _ = model.step(state, torch.as_tensor([seq[start + t] for seq, start in zip(sequences, starts)]))\n            for j in range(t + 1):\n                logits[:, t, j] = model.score_features",
+        TABLES,
+    ),
     Mutation(
         "window target = the current click",
         "shared/batching.py",
