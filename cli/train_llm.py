@@ -14,6 +14,7 @@ best validation Recall@N, and writes the model and `training_log.json` into `--o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from cloud.generator import CandidateGenerator
 from cloud.item_lm import ItemLMConfig, ItemSequenceGenerator
 from cloud.item_text import TEXT_MODES, dataset_text_vectors
 from cloud.training import item_lm_train_config, train_generator, train_item_lm
+from seqrec import distributed
 from shared.options import add_cold_item_args
 from shared.progress import progress_write
 from shared.splits import split_stream
@@ -277,9 +279,23 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    # under torchrun the item LM trains data-parallel (`seqrec.distributed`); one process writes
+    if distributed.init_from_env() and args.generator != "item-lm":
+        raise ValueError("only --generator item-lm trains across processes; run without torchrun")
+    try:
+        return _run(args)
+    finally:
+        if distributed.is_distributed():
+            torch.distributed.destroy_process_group()
+
+
+def _run(args: argparse.Namespace) -> int:
+    lead = distributed.rank() == 0
     if args.base_model and not Path(args.base_model).is_dir():
         raise FileNotFoundError(f"{args.base_model}: no such model folder")
     gen_config, train_config = build_configs(args)
+    if not lead:
+        train_config = dataclasses.replace(train_config, progress=False)
     dataset = load_dataset_from_args(args)
     if args.item_attributes == "on" and dataset.item_attributes is None:
         raise ValueError(f"{dataset.name} has no item attributes (--item-attributes on)")
@@ -290,10 +306,13 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     generator, log = train(args, gen_config, train_config, dataset, split)
     seconds = time.perf_counter() - started
+    if not lead:
+        return 0
     generator.save_pretrained(args.out)
     log = {
         "dataset": dataset.name,
         "generator": args.generator,
+        "processes": distributed.world_size(),
         "seconds": round(seconds, 1),
         "cold_items": {"share": args.cold_items, "seed": args.cold_seed},
         **log,
@@ -307,6 +326,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _describe(generator, what: str, dataset, split) -> None:
+    if distributed.rank() != 0:
+        return
     trainable = sum(p.numel() for p in generator.model.parameters() if p.requires_grad)
     print(
         f"training {generator.model_version.split('-')[0]} ({what}, "
@@ -321,7 +342,7 @@ def _train_item_lm(args, model_config, train_config, dataset, split):
     model_config = dataclasses.replace(model_config, num_items=dataset.num_items)
     started = time.perf_counter()
     text = dataset_text_vectors(dataset, args.item_text, args.text_model)
-    if text is not None:
+    if text is not None and distributed.rank() == 0:
         print(
             f"item text: {len(text) - 1} items as {text.shape[1]}-d vectors in "
             f"{time.perf_counter() - started:.1f}s (embedded once, then read from the cache)"
@@ -346,7 +367,7 @@ def _train_item_lm(args, model_config, train_config, dataset, split):
         progress_write(
             f"epoch {epoch}: loss {record['loss']:.4f}  valid Recall@{args.eval_n} "
             f"{record[metric]:.4f}  NDCG@10 {record['NDCG@10']:.4f}  ({record['seconds']:.0f}s)",
-            enabled=True,
+            enabled=distributed.rank() == 0,
         )
 
     result = train_item_lm(generator, split, train_config, on_epoch=report)

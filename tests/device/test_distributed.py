@@ -22,15 +22,23 @@ ARGV = ["train-srm", "--model", "gru4rec", "--dataset", "synthetic", "--syntheti
         "--threads", "1"]  # fmt: skip
 
 
-def _train(out: Path, processes: int) -> dict:
-    command = [sys.executable, "-m", "cli.main", *ARGV, "--out", str(out)]
+# the item LM trains with the same engine: no dropout anywhere, so the curves agree exactly
+LLM_ARGV = ["train-llm", "--dataset", "synthetic", "--synthetic-users", "60", "--epochs", "2",
+            "--patience", "0", "--d-model", "16", "--layers", "1", "--heads", "2",
+            "--d-ff", "32", "--windows-per-batch", "7", "--dropout", "0",
+            "--attention-dropout", "0", "--threads", "1"]  # fmt: skip
+
+
+def _train(out: Path, processes: int, argv: list[str] = ARGV) -> dict:
+    command = [sys.executable, "-m", "cli.main", *argv, "--out", str(out)]
     if processes > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         command = [*launcher, f"--nproc-per-node={processes}", "-m", "cli.main", *command[3:]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads((out / "training_log.json").read_text())["stages"]["alone"]
+    log = json.loads((out / "training_log.json").read_text())
+    return log["stages"]["alone"] if "stages" in log else log
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +63,12 @@ def test_the_lead_process_writes_the_same_weights(runs):
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         np.testing.assert_allclose(weights[1][name], weights[0][name], rtol=1e-4, atol=1e-6)
+
+
+def test_the_item_lm_trains_across_two_gloo_processes_as_in_one(tmp_path):
+    alone, pair = (_train(tmp_path / f"llm{n}", n, LLM_ARGV) for n in (1, 2))
+    assert (alone["processes"], pair["processes"]) == (1, 2)
+    losses = [[e["loss"] for e in run["epochs"]] for run in (alone, pair)]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    recalls = [[e["NDCG@10"] for e in run["epochs"]] for run in (alone, pair)]
+    np.testing.assert_allclose(recalls[1], recalls[0], atol=1e-6)
