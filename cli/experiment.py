@@ -15,7 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
-from cli.common import add_dataset_args, load_dataset_from_args
+from cli.common import CLIError, add_dataset_args, load_dataset_from_args
 from cloud.loading import load_generator
 from device.bundle import BundleSettings
 from device.policies.surprise import SURPRISE_MEASURES
@@ -177,6 +177,18 @@ def _add_replay_args(parser: argparse.ArgumentParser) -> None:
         "--cache-dir", default="runs/replay_cache", help="cache of fresh lists and SRM scores"
     )
     group.add_argument("--threads", type=int, default=1, help="torch threads")
+    group.add_argument(
+        "--table-workers",
+        type=int,
+        default=1,
+        help="processes (or Ray tasks) computing the SRM tables, a chunk of users each",
+    )
+    group.add_argument(
+        "--table-backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: processes on this machine; ray: tasks on the cluster ray.init() joins",
+    )
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -225,7 +237,22 @@ def _build_configs(args: argparse.Namespace):
         auc_draws=args.auc_bootstrap,
         **_learned_features(args),
     )
-    return config, ReplayConfig(args.candidates, args.request_history, args.batch_size)
+    if args.table_backend == "ray":
+        from simulations.fleet import FleetBackendError
+        from simulations.fleet.backends import import_ray
+
+        try:
+            import_ray()
+        except FleetBackendError as err:
+            raise CLIError(str(err)) from None
+    replay = ReplayConfig(
+        args.candidates,
+        args.request_history,
+        args.batch_size,
+        table_workers=args.table_workers,
+        table_backend=args.table_backend,
+    )
+    return config, replay
 
 
 def _learned_features(args: argparse.Namespace) -> dict:

@@ -118,7 +118,7 @@ def _run_local(tasks: list[DeviceTask], config: FleetConfig, pool: Executor | No
         return list(own.map(run_device, tasks, [config] * len(tasks)))
 
 
-def _import_ray():
+def import_ray():
     try:
         import ray
     except ImportError:
@@ -130,7 +130,7 @@ def _import_ray():
 
 def _run_ray(tasks: list[DeviceTask], config: FleetConfig) -> list[DeviceRecord]:
     """Every device as a Ray task (one CPU each), at most `workers` in flight."""
-    ray = _import_ray()
+    ray = import_ray()
     ray.init(ignore_reinit_error=True)
     remote = ray.remote(num_cpus=1)(run_device)
     pending, done = [], []

@@ -196,7 +196,11 @@ def prepare_replay(
     """
     lists = load_or_generate_lists(generator, stream, config, cache_dir, dataset, progress)
     num_items = int(getattr(model.config, "num_items", 0)) if full_ranking else 0
-    srm = load_or_compute_srm_tables(model, stream, lists, num_items, cache_dir, resume, progress)
+    config = config or ReplayConfig()
+    srm = load_or_compute_srm_tables(
+        model, stream, lists, num_items, cache_dir, resume, progress,
+        workers=config.table_workers, backend=config.table_backend,
+    )  # fmt: skip
     return ReplayData(stream, lists, srm)
 
 

@@ -17,6 +17,7 @@ from shared.splits import StreamSplit
 CACHE_FORMAT = 1  # bump when the npz layout changes; old files are then recomputed
 KS = (5, 10, 20)  # metric cut-offs of the protocol
 ROLES = ("test", "valid")
+TABLE_BACKENDS = ("local", "ray")
 
 
 class ListGenerator(Protocol):
@@ -44,11 +45,17 @@ class ReplayConfig:
     request_history: int = 50  # L: most recent clicks sent with a request (docs/design.md §3)
     batch_size: int = 32  # requests the generator decodes together (bounds its memory)
     chunk_size: int = 256  # requests per generate call, i.e. per progress-bar update
+    table_workers: int = 1  # processes (or Ray tasks) computing the SRM tables; 1 = this one
+    table_backend: str = "local"  # "local" (processes on this machine) or "ray" (a cluster)
 
     def __post_init__(self) -> None:
-        for name in ("n", "request_history", "batch_size", "chunk_size"):
+        for name in ("n", "request_history", "batch_size", "chunk_size", "table_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.table_backend not in TABLE_BACKENDS:
+            raise ValueError(
+                f"table_backend must be one of {TABLE_BACKENDS}, got {self.table_backend!r}"
+            )
 
 
 # ---------------------------------------------------------------- the stream

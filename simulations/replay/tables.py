@@ -217,8 +217,12 @@ def load_or_compute_srm_tables(
     cache_dir: str | Path | None = None,
     resume: ResumeStates | None = None,
     progress: bool = False,
+    workers: int = 1,
+    backend: str = "local",
 ) -> SRMTables:
-    """`compute_srm_tables` for a torch SRM, through the npz cache when `cache_dir` is set.
+    """`compute_srm_tables` for a torch SRM, through the npz cache when `cache_dir` is set;
+    with `workers` > 1 (or `backend` "ray") its user chunks run in worker processes
+    (`compute_srm_tables_parallel`).
 
     The key holds the SRM's fingerprint (weights and config), how it runs (stepping a carried
     state or re-reading a window: GRU4Rec did the latter before it stepped), the lists' key and
@@ -237,7 +241,12 @@ def load_or_compute_srm_tables(
     cached = load_npz(path, key) if path and lists.key else None
     if cached is not None:
         return SRMTables(cached["logits"], cached["full_ranks"], cached["surprise"], True)
-    tables = compute_srm_tables(runner, stream, lists, num_items, resume, progress)
+    if workers > 1 or backend == "ray":
+        tables = compute_srm_tables_parallel(
+            model, stream, lists, num_items, resume, workers, backend, progress=progress
+        )
+    else:
+        tables = compute_srm_tables(runner, stream, lists, num_items, resume, progress)
     if path and lists.key:
         arrays = {
             "logits": tables.logits,
@@ -307,3 +316,106 @@ def _chunk_tables_history(
         for b, user in enumerate(stream.users[rows]):
             resume[int(user)] = (int(starts[b]) + window, None, last[b])
     return logits, full, surprise
+
+
+# ---------------------------------------------------------------- past one process
+
+
+def compute_srm_tables_parallel(
+    model: Any,
+    stream: ReplayStream,
+    lists: FreshLists,
+    num_items: int = 0,
+    resume: ResumeStates | None = None,
+    workers: int = 2,
+    backend: str = "local",
+    chunk_users: int = CHUNK_USERS,
+    progress: bool = False,
+) -> SRMTables:
+    """`compute_srm_tables` of a torch SRM with its user chunks spread over `workers` worker
+    processes on this machine (`backend` "local") or as Ray tasks, one CPU each, on a cluster
+    (`backend` "ray", `ray.init()` joins the one `RAY_ADDRESS` names). Each chunk runs exactly
+    as in one process, so the tables are the same; `resume` is read and updated likewise.
+
+    Raises:
+        ValueError: an unknown backend, or Ray asked for and not installed.
+    """
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be local or ray, got {backend!r}")
+    starts = range(0, stream.num_users, chunk_users)
+    tasks = []
+    for start in starts:
+        rows = np.arange(start, min(start + chunk_users, stream.num_users))
+        part = _stream_rows(stream, rows)
+        kept = None
+        if resume is not None:
+            kept = {int(u): resume[int(u)] for u in part.users if int(u) in resume}
+        tasks.append((model, part, lists.items[rows], num_items, kept, chunk_users))
+    if backend == "ray":
+        results = _run_ray_tasks(tasks, workers)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")  # never fork a process holding threads
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = [pool.submit(_table_task, *task) for task in tasks]
+            done = progress_bar(
+                futures, desc=f"SRM on {stream.role} stream ({workers} workers)", enabled=progress
+            )
+            results = [future.result() for future in done]
+    logits = np.concatenate([r[0] for r in results])
+    full = np.concatenate([r[1] for r in results])
+    surprise = np.concatenate([r[2] for r in results])
+    if resume is not None:
+        for r in results:
+            resume.update(r[3])
+    return SRMTables(logits, full, surprise)
+
+
+def _stream_rows(stream: ReplayStream, rows: np.ndarray) -> ReplayStream:
+    """The stream of the users at `rows` only."""
+    import dataclasses
+
+    return dataclasses.replace(
+        stream,
+        users=stream.users[rows],
+        sequences=tuple(stream.sequences[r] for r in rows),
+        starts=stream.starts[rows],
+    )
+
+
+def _table_task(
+    model: Any,
+    stream: ReplayStream,
+    items: np.ndarray,
+    num_items: int,
+    resume: ResumeStates | None,
+    chunk_users: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, ResumeStates]:
+    """One worker's chunk: the tables of `stream`'s users (one thread, as a device runs)."""
+    import torch
+
+    torch.set_num_threads(1)
+    lists = FreshLists(items, np.zeros(items.shape, np.float32), "", 0)
+    kept = dict(resume) if resume is not None else None
+    tables = compute_srm_tables(
+        make_runner(model), stream, lists, num_items, kept, chunk_users=chunk_users
+    )
+    return tables.logits, tables.full_ranks, tables.surprise, kept or {}
+
+
+def _run_ray_tasks(tasks: list[tuple], workers: int) -> list[tuple]:
+    """`_table_task` of every chunk as Ray tasks, at most `workers` in flight, in order."""
+    from simulations.fleet.backends import import_ray
+
+    ray = import_ray()
+    ray.init(ignore_reinit_error=True)
+    remote = ray.remote(num_cpus=1)(_table_task)
+    pending = [remote.remote(*task) for task in tasks[:workers]]
+    results = []
+    for task in tasks[workers:]:
+        results.append(ray.get(pending.pop(0)))
+        pending.append(remote.remote(*task))
+    results += ray.get(pending)
+    return results

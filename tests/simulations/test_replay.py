@@ -229,6 +229,31 @@ def test_batched_tables_equal_stepping_each_user_alone(name, split, srm, data):
     assert np.abs(batched.logits).max() > 1e-3  # the logits are not all ~0
 
 
+def test_tables_from_worker_processes_equal_one_process(split, srm, data):
+    from simulations.replay.tables import compute_srm_tables_parallel
+
+    valid = stream_from_split(split, "valid")
+    valid_rows = [int(np.flatnonzero(data.stream.users == u)[0]) for u in valid.users]
+    valid_lists = dataclasses.replace(
+        data.lists, items=data.lists.items[valid_rows], scores=data.lists.scores[valid_rows]
+    )
+    one, spread = {}, {}
+    compute_srm_tables(make_runner(srm), valid, valid_lists, resume=one, chunk_users=5)
+    want = compute_srm_tables(
+        make_runner(srm), data.stream, data.lists, split.num_items, one, chunk_users=5
+    )  # the same chunks: the same float sums, so the same bits
+    compute_srm_tables_parallel(srm, valid, valid_lists, resume=spread, workers=2, chunk_users=5)
+    got = compute_srm_tables_parallel(
+        srm, data.stream, data.lists, split.num_items, spread, workers=2, chunk_users=5
+    )  # five chunks over two processes, the validation states carried over
+    np.testing.assert_array_equal(got.logits, want.logits)
+    np.testing.assert_array_equal(got.full_ranks, want.full_ranks)
+    np.testing.assert_array_equal(got.surprise, want.surprise)
+    assert set(spread) == set(one)
+    with pytest.raises(ValueError, match="table_backend"):
+        ReplayConfig(table_backend="spark")
+
+
 def test_always_shows_the_fresh_list_of_every_step(srm, data):
     result = replay(data, AlwaysPolicy())
     assert result.request_rate == 1.0

@@ -249,6 +249,12 @@ def test_cli_errors_are_one_line(saved_models, tmp_path, capsys):
     assert "unknown policy 'greedy'" in err and len(err.splitlines()) == 1
     assert main(cli_args(saved_models, "--srm", str(saved_models / "llm"))) == 2
     assert "not a model folder" in capsys.readouterr().err
+    try:
+        import ray  # noqa: F401
+    except ImportError:  # the usual install: the Ray backend says what to install, in one line
+        assert main(cli_args(saved_models, "--table-backend", "ray")) == 2
+        err = capsys.readouterr().err.strip()
+        assert "needs Ray" in err and len(err.splitlines()) == 1
 
 
 def test_alpha_chosen_on_validation_keeps_lsc4rec_as_a_reference(streams):
