@@ -254,6 +254,20 @@ def test_tables_from_worker_processes_equal_one_process(split, srm, data):
         ReplayConfig(table_backend="spark")
 
 
+def test_tables_from_ray_tasks_equal_one_process(split, srm, data):
+    pytest.importorskip("ray")  # an optional extra: pip install ray
+    from simulations.replay.tables import compute_srm_tables_parallel
+
+    want = compute_srm_tables(
+        make_runner(srm), data.stream, data.lists, split.num_items, chunk_users=5
+    )
+    got = compute_srm_tables_parallel(
+        srm, data.stream, data.lists, split.num_items, workers=2, backend="ray", chunk_users=5
+    )
+    np.testing.assert_array_equal(got.logits, want.logits)
+    np.testing.assert_array_equal(got.full_ranks, want.full_ranks)
+
+
 def test_always_shows_the_fresh_list_of_every_step(srm, data):
     result = replay(data, AlwaysPolicy())
     assert result.request_rate == 1.0
