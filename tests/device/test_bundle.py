@@ -78,19 +78,28 @@ def test_bundle_holds_the_policy_fusion_and_settings_it_was_given(bundle_dir):
     assert "learned(0.4)+budget(2/4)" in "\n".join(bundle.describe())
 
 
-def test_a_bundle_session_shows_what_the_torch_device_shows(bundle_dir, srm):
-    bundle = load_bundle(bundle_dir)
+CLICKS = (12, 5, 60, 2, 33, 8, 71)
+
+
+def _run_side_by_side(bundle, model, history: list[int]) -> tuple[DeviceSession, DeviceSession]:
+    """The bundle's session and a torch device session of `model`, fed the same clicks,
+    checked to decide, score and show the same at every step."""
     listed = CandidateList(np.arange(1, 11), -np.arange(10, dtype=np.float32), "v1")
-    history = [7, 44, 3, 90]
     from_bundle = bundle.session(11, history, listed)
-    by_hand = DeviceSession(make_runner(srm), learned_policy().spawn(11),
+    by_hand = DeviceSession(make_runner(model), learned_policy().spawn(11),
                             AGE_FUSION, SessionConfig(5, 8), history, listed)  # fmt: skip
-    for click in (12, 5, 60, 2, 33, 8, 71):
+    for click in CLICKS:
         assert from_bundle.needs_refresh() == by_hand.needs_refresh()
         np.testing.assert_allclose(from_bundle.srm_logits(), by_hand.srm_logits(), atol=1e-4)
         assert from_bundle.recommend().tolist() == by_hand.recommend().tolist()
         from_bundle.observe(click)
         by_hand.observe(click)
+    return from_bundle, by_hand
+
+
+def test_a_bundle_session_shows_what_the_torch_device_shows(bundle_dir, srm):
+    bundle = load_bundle(bundle_dir)
+    from_bundle, by_hand = _run_side_by_side(bundle, srm, [7, 44, 3, 90])
     # the policy reads no catalogue-wide column, so the bundle's step skips them (NaN)
     catalogue = [CLICK_COLUMNS.index(c) for c in CATALOGUE_COLUMNS]
     rest = [i for i in range(len(CLICK_COLUMNS)) if i not in catalogue]
@@ -113,19 +122,10 @@ def test_a_gru4rec_bundle_steps_as_the_torch_gru4rec_does(tmp_path):
                          BundleSettings(5, 8, 10), ITEM_IDS)  # fmt: skip
     bundle = load_bundle(tmp_path / "gru", NUM_ITEMS, catalogue_digest(ITEM_IDS[1:]))
     assert bundle.model.model_name == "gru4rec"
-    listed = CandidateList(np.arange(1, 11), -np.arange(10, dtype=np.float32), "v1")
     history = [7, 44, 3, 90, 15, 16]  # longer than the training window: the state keeps all
-    from_bundle = bundle.session(11, history, listed)
-    by_hand = DeviceSession(make_runner(gru), learned_policy().spawn(11),
-                            AGE_FUSION, SessionConfig(5, 8), history, listed)  # fmt: skip
-    for click in (12, 5, 60, 2, 33, 8, 71):
-        assert from_bundle.needs_refresh() == by_hand.needs_refresh()
-        np.testing.assert_allclose(from_bundle.srm_logits(), by_hand.srm_logits(), atol=1e-4)
-        assert from_bundle.recommend().tolist() == by_hand.recommend().tolist()
-        from_bundle.observe(click)
-        by_hand.observe(click)
+    from_bundle, _ = _run_side_by_side(bundle, gru, history)
     with torch.no_grad():  # the state read every click, not the last max_len = 4
-        window = gru.score(torch.tensor([history + [12, 5, 60, 2, 33, 8, 71]]),
+        window = gru.score(torch.tensor([history + list(CLICKS)]),
                            torch.arange(1, 11)[None])[0].numpy()  # fmt: skip
     assert not np.allclose(from_bundle.srm_logits(), window, atol=1e-3)
 
