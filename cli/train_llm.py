@@ -26,6 +26,7 @@ from cloud.item_lm import ItemLMConfig, ItemSequenceGenerator
 from cloud.item_text import TEXT_MODES, dataset_text_vectors
 from cloud.training import item_lm_train_config, train_generator, train_item_lm
 from seqrec import distributed
+from seqrec.training import resolve_device
 from shared.options import add_cold_item_args
 from shared.progress import progress_write
 from shared.splits import split_stream
@@ -188,6 +189,12 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     add_cold_item_args(group)
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    group.add_argument(
+        "--device",
+        default="auto",
+        help="item-lm: auto (a GPU when torch sees one), cpu, cuda or cuda:N (under torchrun, "
+        "the GPU of each process's LOCAL_RANK)",
+    )
 
 
 def _given(args: argparse.Namespace, **names: str) -> dict:
@@ -294,8 +301,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.base_model and not Path(args.base_model).is_dir():
         raise FileNotFoundError(f"{args.base_model}: no such model folder")
     gen_config, train_config = build_configs(args)
-    if not lead:
-        train_config = dataclasses.replace(train_config, progress=False)
+    if args.generator == "item-lm":
+        device = resolve_device(args.device)
+        train_config = dataclasses.replace(train_config, progress=lead, device=device)
     dataset = load_dataset_from_args(args)
     if args.item_attributes == "on" and dataset.item_attributes is None:
         raise ValueError(f"{dataset.name} has no item attributes (--item-attributes on)")

@@ -21,7 +21,7 @@ from seqrec.collaborative import (
     train_collaborative,
 )
 from seqrec.models import build_model, get_model_class
-from seqrec.training import TrainConfig, ValidationSet, train_srm
+from seqrec.training import TrainConfig, ValidationSet, resolve_device, train_srm
 from shared.options import parse_options
 from shared.splits import split_stream
 
@@ -116,6 +116,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--cache-dir", default="runs/cache", help="where LLM lists are cached")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (a GPU when torch sees one), cpu, cuda or cuda:N; under torchrun each "
+        "process takes the GPU of its LOCAL_RANK",
+    )
     parser.set_defaults(func=run)
 
 
@@ -142,6 +148,7 @@ def _train(args: argparse.Namespace) -> int:
     lead = distributed.rank() == 0  # the one process that prints and writes
     config = TrainConfig(
         progress=lead,
+        device=resolve_device(args.device),
         epochs=args.epochs,
         patience=args.patience,
         level=args.level,

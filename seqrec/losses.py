@@ -56,7 +56,7 @@ def full_softmax_loss(
     """Mean cross-entropy over the catalogue: `logits` `[M, N]`, `targets` `[M]`, `own` `[M, N]`
     True at the user's items (and padding), which are masked out except the target itself."""
     exclude = own.clone()
-    exclude[torch.arange(len(targets)), targets] = False
+    exclude[torch.arange(len(targets), device=targets.device), targets] = False
     return F.cross_entropy(logits.masked_fill(exclude, float("-inf")), targets)
 
 
@@ -79,17 +79,19 @@ def window_loss(model, batch: WindowBatch, kind: str, own=None) -> torch.Tensor:
         kind: one of `LOSSES`.
         own: `[B, N]` bool own-item mask of each window's user (needed for "ce").
     """
-    inputs = torch.from_numpy(batch.inputs)
-    targets = torch.from_numpy(batch.targets)  # [B, W]
+    device = model_device(model)
+    inputs = torch.from_numpy(batch.inputs).to(device)
+    targets = torch.from_numpy(batch.targets).to(device)  # [B, W]
     trained = targets != 0  # [B, W]
     if kind == "ce":
         logits = model.score_positions_all(inputs)[trained]  # [B, W, N] -> [M, N]
-        rows = torch.from_numpy(own).unsqueeze(1).expand(-1, targets.shape[1], -1)[trained]
+        own = torch.from_numpy(own).to(device)
+        rows = own.unsqueeze(1).expand(-1, targets.shape[1], -1)[trained]
         return full_softmax_loss(logits, targets[trained], rows)
-    negatives = torch.from_numpy(batch.negatives)  # [B, W, K]
+    negatives = torch.from_numpy(batch.negatives).to(device)  # [B, W, K]
     items = torch.cat([targets.unsqueeze(-1), negatives], dim=-1)  # [B, W, 1 + K]
     logits = model.score_positions(inputs, items)[trained]  # [M, 1 + K]
-    log_q = None if batch.log_q is None else torch.from_numpy(batch.log_q)[trained]
+    log_q = None if batch.log_q is None else torch.from_numpy(batch.log_q).to(device)[trained]
     return _sampled(kind, logits, negatives[trained], log_q)
 
 
@@ -124,5 +126,11 @@ def batch_loss(model, batch, kind: str, own=None) -> tuple[torch.Tensor, int]:
         return window_loss(model, batch, kind, own), batch.num_targets
     if not isinstance(batch, TrainBatch) or kind != "bce":
         raise ValueError(f"per-prefix batches train with loss bce only, got {kind!r}")
-    history, items, labels = batch.to_torch()
+    history, items, labels = (t.to(model_device(model)) for t in batch.to_torch())
     return model.loss(history, items, labels), len(items)
+
+
+def model_device(model) -> torch.device:
+    """Where the model's parameters are (CPU for a model without any)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")

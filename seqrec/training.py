@@ -65,6 +65,7 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without improvement (0 = never)
     grad_clip: float = 5.0  # max gradient norm; keeps the TTT inner loop stable early on
     progress: bool = True  # show tqdm bars
+    device: str = "cpu"  # where the model trains: "cpu", "cuda", "cuda:1" (`resolve_device`)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -177,6 +178,7 @@ def train_srm(
         The best epoch, its metric and a per-epoch log.
     """
     torch.manual_seed(config.seed)
+    model.to(config.device)
     batcher = batcher or make_batcher(model, train_sequences, config)
     optimizer = OPTIMIZERS[config.optimizer](
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -201,7 +203,24 @@ def train_srm(
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.to("cpu")  # what is saved, served and exported lives on the CPU
     return result
+
+
+def resolve_device(name: str = "auto") -> str:
+    """`auto` → "cuda" when a GPU is visible, else "cpu"; under torchrun each process takes
+    the GPU of its `LOCAL_RANK`. Raises ValueError when CUDA is asked for and absent."""
+    import os
+
+    if name not in ("auto", "cpu") and not name.startswith("cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is visible to torch")
+    if name in ("auto", "cuda") and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return name
 
 
 def trains_sequence_level(model: SequentialRecommender) -> bool:

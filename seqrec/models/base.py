@@ -125,7 +125,8 @@ class SequentialRecommender(nn.Module):
 
     def all_item_features(self) -> torch.Tensor:
         """`[num_items + 1, D]` features of every item (row 0 is padding)."""
-        return self.item_features(torch.arange(self.config.num_items + 1))
+        device = next(self.parameters()).device
+        return self.item_features(torch.arange(self.config.num_items + 1, device=device))
 
     def score_positions(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Logits of candidates after every position: `[B, L]`, `[B, L, C]` -> `[B, L, C]`.

@@ -104,3 +104,23 @@ def test_validation_negatives_exclude_history_and_target(split):
         own = set(split.train[u].tolist()) | {int(split.valid_target[u])}
         assert not own & set(valid.negatives[row].tolist())
     assert np.all(valid.targets == split.valid_target[users])
+
+
+def test_the_training_device_is_resolved_or_refused_in_one_line(tmp_path, capsys):
+    import torch
+
+    from cli.main import main
+    from seqrec.training import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the refusal cannot happen")
+    assert resolve_device("auto") == resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="no CUDA device"):
+        resolve_device("cuda:0")
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        resolve_device("tpu")
+    argv = ["train-srm", "--model", "gru4rec", "--dataset", "synthetic", "--synthetic-users", "30"]
+    assert main([*argv, "--device", "cuda", "--out", str(tmp_path / "srm")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no CUDA device" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "srm").exists()  # refused before anything was written
