@@ -20,6 +20,7 @@ from cloud.loading import load_generator
 from device.bundle import BundleSettings
 from device.policies.surprise import SURPRISE_MEASURES
 from seqrec.checkpoint import CONFIG_NAME, load_srm
+from shared.optional import BackendUnavailable, import_ray
 from shared.splits import split_stream
 from simulations.bundle_export import export_device_bundle
 from simulations.replay import ReplayConfig, dataset_label
@@ -238,12 +239,9 @@ def _build_configs(args: argparse.Namespace):
         **_learned_features(args),
     )
     if args.table_backend == "ray":
-        from simulations.fleet import FleetBackendError
-        from simulations.fleet.backends import import_ray
-
         try:
-            import_ray()
-        except FleetBackendError as err:
+            import_ray("--table-backend ray")
+        except BackendUnavailable as err:
             raise CLIError(str(err)) from None
     replay = ReplayConfig(
         args.candidates,

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from simulations.fleet.config import RAY_HINT, FleetBackendError, FleetConfig
+from shared.optional import import_ray
+from simulations.fleet.config import FleetConfig
 from simulations.fleet.device import DeviceRecord, DeviceTask, RequestLog, run_device
 from simulations.replay import ReplayResult
 
@@ -116,16 +117,6 @@ def _run_local(tasks: list[DeviceTask], config: FleetConfig, pool: Executor | No
         return list(pool.map(run_device, tasks, [config] * len(tasks)))
     with fleet_pool(config) as own:
         return list(own.map(run_device, tasks, [config] * len(tasks)))
-
-
-def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise FleetBackendError(
-            f"--backend ray needs Ray, which is not installed: {RAY_HINT}"
-        ) from None
-    return ray
 
 
 def _run_ray(tasks: list[DeviceTask], config: FleetConfig) -> list[DeviceRecord]:

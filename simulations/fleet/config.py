@@ -8,13 +8,10 @@ from dataclasses import dataclass, field
 from device.client import ClientConfig
 from device.fusion import build_fusion
 from device.policies.spec import parse_policy
+from shared.optional import RAY_HINT, BackendUnavailable  # noqa: F401 (re-exported)
 
 BACKENDS = ("process", "thread", "ray")
-RAY_HINT = "pip install 'lsc4rec[ray]'"
-
-
-class FleetBackendError(RuntimeError):
-    """A fleet backend cannot run here (e.g. Ray is not installed)."""
+FleetBackendError = BackendUnavailable  # a fleet backend cannot run here (Ray not installed)
 
 
 # ---------------------------------------------------------------- configuration

@@ -15,6 +15,7 @@ from seqrec.runners import HistoryRunner, TorchStatefulRunner, make_runner
 from shared.cache import digest, load_npz, save_npz
 from shared.device_format import SURPRISE_COLUMNS
 from shared.metrics import full_ranking_ranks
+from shared.optional import import_ray
 from shared.progress import progress_bar
 from simulations.replay.keys import srm_fingerprint
 from simulations.replay.lists import FreshLists
@@ -407,9 +408,7 @@ def _table_task(
 
 def _run_ray_tasks(tasks: list[tuple], workers: int) -> list[tuple]:
     """`_table_task` of every chunk as Ray tasks, at most `workers` in flight, in order."""
-    from simulations.fleet.backends import import_ray
-
-    ray = import_ray()
+    ray = import_ray("--table-backend ray")
     ray.init(ignore_reinit_error=True)
     remote = ray.remote(num_cpus=1)(_table_task)
     pending = [remote.remote(*task) for task in tasks[:workers]]
