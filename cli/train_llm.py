@@ -292,8 +292,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     finally:
-        if distributed.is_distributed():
-            torch.distributed.destroy_process_group()
+        distributed.leave()
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -138,8 +138,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _train(args)
     finally:
-        if distributed.is_distributed():
-            torch.distributed.destroy_process_group()
+        distributed.leave()
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -47,6 +47,12 @@ def init_from_env(backend: str | None = None) -> bool:
     return True
 
 
+def leave() -> None:
+    """Leave the process group `init_from_env` joined (nothing when training alone)."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
 def shard_rows(batch: Any) -> Any:
     """This process's rows (`rank::world_size`) of a batch dataclass whose array fields all
     have one row per example (`WindowBatch`, `TrainBatch`); the batch itself when alone."""
