@@ -64,8 +64,16 @@ ITEM_TEXT = ("tests/cloud/test_item_text.py",)
 COLD = ("tests/shared/test_splits.py",)
 DISTRIBUTED = ("tests/device/test_distributed.py",)
 TABLES = ("tests/simulations/test_replay.py",)
+SWEEP = ("tests/simulations/test_request_rate.py",)
 
 MUTATIONS = (
+    Mutation(
+        "the batched sweep draws one shared uniform for every user's split tie",
+        "simulations/request_rate/decisions.py",
+        "            wins = draws[rows, drawn] < tie_prob",
+        "            wins = draws[0, drawn[0]] < tie_prob",
+        SWEEP,
+    ),
     Mutation(
         "each process's loss not weighted by its share of the batch",
         "seqrec/training.py",

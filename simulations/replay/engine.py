@@ -304,13 +304,24 @@ def replay(
         per-step records, identical to `replay_sessions` for the same policy and seed.
     """
     fusion = RankSigmoidFusion() if fusion is None else fusion
-    table = data.fused_ranks(fusion)  # [U, T, T]
     requested = np.zeros((data.num_users, data.window), dtype=bool)
     used = np.zeros((data.num_users, data.window), dtype=np.int64)
     for row, user in enumerate(data.stream.users):
         requested[row], used[row] = _replay_row(data, row, policy.spawn(int(user)))
+    return replay_result(data, policy, fusion, label, requested, used)
+
+
+def replay_result(
+    data: ReplayData,
+    policy: RequestPolicy,
+    fusion: Fusion,
+    label: str | None,
+    requested: np.ndarray,
+    used: np.ndarray,
+) -> ReplayResult:
+    """The result of `[U, T]` decisions: each step's target rank in the held list, fused."""
     steps = np.arange(data.window)[None, :]
-    ranks = table[np.arange(data.num_users)[:, None], steps, used]  # [U, T]
+    ranks = data.fused_ranks(fusion)[np.arange(data.num_users)[:, None], steps, used]  # [U, T]
     return ReplayResult(
         result_label(policy, fusion, label), data.stream.users, requested, used, ranks
     )

@@ -57,6 +57,7 @@ from simulations.request_rate.config import (
     RequestRateConfig,
     prepare_streams,
 )
+from simulations.request_rate.decisions import ScoreTables, batched_decisions, replay_batched
 from simulations.request_rate.experiment import ExperimentResult, reference_gaps, run_request_rate
 from simulations.request_rate.points import (
     PolicyPoint,
@@ -121,6 +122,9 @@ __all__ = [
     "reference_gaps",
     "reference_points",
     "run_point",
+    "ScoreTables",
+    "batched_decisions",
+    "replay_batched",
     "run_request_rate",
     "simulate_rule",
     "state_index",

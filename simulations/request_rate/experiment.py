@@ -18,6 +18,7 @@ from simulations.request_rate.ages import never_by_age, policy_by_age
 from simulations.request_rate.auc import auc_table
 from simulations.request_rate.calibration import fit_learned
 from simulations.request_rate.config import CONTROL_SUFFIX, RequestRateConfig
+from simulations.request_rate.decisions import ScoreTables
 from simulations.request_rate.points import (
     PolicyPoint,
     build_points,
@@ -98,15 +99,16 @@ def run_request_rate(
         notes["fusion"] = fusion_notes
     indices = bootstrap_indices(test.num_users, config.bootstrap_draws, config.seed)
     rows, results = [], []
+    tables = ScoreTables(test)  # each family's test-stream scores, made once for its points
     for point in progress_bar(points, desc="replaying policies", enabled=progress):
-        result = run_point(test, point)
+        result = run_point(test, point, tables)
         results.append(result)
         rows.append(point_row(point, result, indices, config.confidence))
 
     def random_at(rate: float) -> tuple[dict[str, Any], ReplayResult]:
         """Random requests at exactly the rate a policy reached on the test stream."""
         point = PolicyPoint("random", RandomPolicy(p=rate, seed=config.seed), fusion, rate)
-        result = run_point(test, point)
+        result = run_point(test, point, tables)
         return point_row(point, result, indices, config.confidence), result
 
     goal = goal_check(rows, results, points, indices, config, random_at)

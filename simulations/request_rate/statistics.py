@@ -12,7 +12,6 @@ from simulations.replay import (
     ReplayData,
     ReplayResult,
     reference_result,
-    replay,
 )
 from simulations.request_rate.config import (
     CALIBRATED,
@@ -21,6 +20,7 @@ from simulations.request_rate.config import (
     REFERENCES,
     RequestRateConfig,
 )
+from simulations.request_rate.decisions import ScoreTables, replay_batched
 from simulations.request_rate.points import PolicyPoint
 
 # ---------------------------------------------------------------- bootstrap and rows
@@ -72,12 +72,15 @@ def point_row(
     return row
 
 
-def run_point(test: ReplayData, point: PolicyPoint) -> ReplayResult:
-    """Replay one point on the test stream (srm_only: the SRM's full ranking, no requests)."""
+def run_point(
+    test: ReplayData, point: PolicyPoint, tables: ScoreTables | None = None
+) -> ReplayResult:
+    """Replay one point on the test stream, every user at once (srm_only: the SRM's full
+    ranking, no requests); `tables`: the test stream's score tables, shared across points."""
     if point.policy is None:
         return reference_result("srm_only", test, test.srm.full_ranks)
     label = point.family if point.family in REFERENCES else None
-    return replay(test, point.policy, point.fusion, label=label)
+    return replay_batched(test, point.policy, point.fusion, label=label, tables=tables)
 
 
 # ---------------------------------------------------------------- goal check

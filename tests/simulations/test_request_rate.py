@@ -11,15 +11,24 @@ import torch
 
 from cli.main import main
 from device.fusion import RankSigmoidFusion
-from device.policies import ConsistencyPolicy, LearnedPolicy, ThresholdRule
+from device.policies import (
+    BudgetPolicy,
+    ConsistencyPolicy,
+    LearnedPolicy,
+    RandomPolicy,
+    ThresholdRule,
+)
 from seqrec.checkpoint import save_srm
 from shared.datasets.synthetic import make_synthetic
 from shared.splits import split_stream
 from simulations.replay import ReplayConfig, replay
 from simulations.request_rate import (
     RequestRateConfig,
+    ScoreTables,
+    batched_decisions,
     bootstrap_indices,
     bootstrap_interval,
+    build_points,
     calibrate_on_stream,
     expected_rate,
     fit_learned,
@@ -28,11 +37,15 @@ from simulations.request_rate import (
     periodic_knobs,
     prepare_streams,
     reachable,
+    reference_points,
+    replay_batched,
     run_request_rate,
     simulate_rule,
     state_index,
     write_outputs,
 )
+from simulations.request_rate.config import CONTROL_SUFFIX
+from simulations.request_rate.experiment import controlled_points
 
 RATES = (0.1, 0.3, 0.5)
 CONFIG = ReplayConfig(n=20)
@@ -430,3 +443,42 @@ def test_auto_chooses_the_best_of_three_fusions_on_validation(streams):
     assert fusion.name == notes["chosen"] == max(scores, key=scores.get)
     assert scores[notes["chosen"]] == pytest.approx(all_states_ndcg10(valid, fusion))
     assert notes["learned"]["examples"] > 0 and len(notes["learned"]["weights"]) == 8
+
+
+def test_batched_replay_decides_as_each_users_policy_copy(streams):
+    """Every point the sweep builds (random, periodic, each measure, learned, the rate
+    controller, the references) replayed for all users at once gives the per-user replay's
+    decisions and ranks exactly, split ties drawn from each user's own stream included."""
+    valid, test = streams
+    config = RequestRateConfig(
+        target_rates=RATES, measures=("rank_diff", "topk", "drift_mean"), bootstrap_draws=10
+    )
+    fusion = RankSigmoidFusion()
+    points, _ = build_points(valid, test.window, config, fusion=fusion)
+    points += controlled_points(points, valid, config)
+    points += [p for p in reference_points(config, fusion) if p.policy is not None]
+    families = {p.family for p in points}
+    assert {"random", "periodic", "consistency[topk]", "learned", "never"} <= families
+    assert any(f.endswith(CONTROL_SUFFIX) for f in families)
+    tables = ScoreTables(test)
+    split = 0
+    for point in points:
+        tie_prob = getattr(point.policy, "tie_prob", 1.0)
+        if 0.0 < tie_prob < 1.0:
+            table = tables.of(point.policy)
+            split += int((table[:, reachable(test.window)] == point.policy.threshold).sum())
+        fast = replay_batched(test, point.policy, point.fusion, tables=tables)
+        slow = replay(test, point.policy, point.fusion)
+        assert fast.label == slow.label
+        np.testing.assert_array_equal(fast.requested, slow.requested, err_msg=point.family)
+        np.testing.assert_array_equal(fast.lists_used, slow.lists_used, err_msg=point.family)
+        np.testing.assert_array_equal(fast.ranks, slow.ranks, err_msg=point.family)
+    assert split > 0  # some test states tie a split threshold: the tie draws were exercised
+
+
+def test_batched_replay_falls_back_for_a_policy_it_does_not_know(streams):
+    _, test = streams
+    policy = BudgetPolicy(inner=RandomPolicy(p=0.5), max_requests=1, window=3)
+    assert batched_decisions(test, policy, ScoreTables(test)) is None
+    fast = replay_batched(test, policy)
+    np.testing.assert_array_equal(fast.requested, replay(test, policy).requested)
