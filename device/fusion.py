@@ -111,7 +111,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     """σ(x) = 1 / (1 + e^(−x)), computed without overflow for large |x|."""
     x = np.asarray(x, dtype=np.float64)
     e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return np.where(x >= 0, 1.0, e) / (1.0 + e)  # one division: the same bits as two
 
 
 def as_ages(age: Any, rows: int) -> np.ndarray:

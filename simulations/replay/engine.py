@@ -21,13 +21,23 @@ from simulations.replay.tables import ResumeStates, SRMTables, load_or_compute_s
 
 # ---------------------------------------------------------------- the replay data
 
+ROW_CHUNK = 65536  # (user, state) rows per chunk of a whole-stream table
 
-def _first_positions(seq: np.ndarray, size: int) -> np.ndarray:
-    """`[size]` index of each item's first click in `seq` (`len(seq)` if never clicked)."""
-    pos = np.full(size, len(seq), dtype=np.int64)
-    order = np.arange(len(seq))[::-1]
-    pos[seq[::-1]] = order  # reversed, so the first click's index is written last
-    return pos
+
+def first_positions(sequences: Sequence[np.ndarray], items: np.ndarray) -> np.ndarray:
+    """Per row, the index of the first click of each of `items[row]` in `sequences[row]`
+    (`len(sequences[row])` if never clicked): `[C]` non-empty sequences and `[C, ...]` ids ->
+    int64 of the ids' shape."""
+    lengths = np.array([len(seq) for seq in sequences], dtype=np.int64)
+    clicks = np.concatenate([np.asarray(seq, np.int64) for seq in sequences])
+    size = int(max(items.max(), clicks.max())) + 1  # (row, item) -> one int64 key
+    owner = np.repeat(np.arange(len(sequences)), lengths)
+    within = np.arange(len(clicks)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    keys, first = np.unique(owner * size + clicks, return_index=True)  # first click per key
+    row_shape = (-1,) + (1,) * (items.ndim - 1)
+    wanted = np.arange(len(items)).reshape(row_shape) * size + items
+    at = np.searchsorted(keys, wanted).clip(max=len(keys) - 1)
+    return np.where(keys[at] == wanted, within[first][at], lengths.reshape(row_shape))
 
 
 def target_positions(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -68,22 +78,31 @@ class ReplayData:
     def window(self) -> int:
         return self.stream.window
 
-    @cached_property
-    def logits(self) -> np.ndarray:
-        """`[U, T, T, N]` float64, the values a runner's `score_items` returned."""
-        return self.srm.logits.astype(np.float64)
+    def logits_at(self, *index: Any) -> np.ndarray:
+        """The SRM logits at `index` of `[U, T, T, N]`, as float64: the values a runner's
+        `score_items` returned (cast per read, so no float64 copy of the table is kept)."""
+        return self.srm.logits[index].astype(np.float64)
+
+    def row_chunks(self, states: int = 1) -> list[np.ndarray]:
+        """Rows in chunks of about `ROW_CHUNK` (row, state) pairs: what the whole-stream
+        tables are computed in, so their temporaries are bounded by a chunk, not by U."""
+        size = max(1, ROW_CHUNK // max(states, 1))
+        return [
+            np.arange(lo, min(lo + size, self.num_users)) for lo in range(0, self.num_users, size)
+        ]
 
     @cached_property
     def valid(self) -> np.ndarray:
         """`[U, T, T, N]` bool: slot of list `j` may be shown at step `t` (not padding, unseen)."""
         items = self.lists.items
-        size = int(max(items.max(), max(int(s.max()) for s in self.stream.sequences))) + 1
-        steps = np.arange(self.window)[:, None, None]  # [T, 1, 1]
         out = np.empty((self.num_users, self.window, *items.shape[1:]), dtype=bool)
-        for row in range(self.num_users):
-            pos = _first_positions(self.stream.sequences[row], size)[items[row]]  # [T(j), N]
-            seen_before = self.stream.starts[row] + steps  # clicks before step t
-            out[row] = (items[row] != 0)[None] & (pos[None] >= seen_before)  # [T(t), T(j), N]
+        steps = np.arange(self.window)[None, :, None, None]  # [1, T, 1, 1]
+        for rows in self.row_chunks(self.window * self.window):
+            pos = first_positions(
+                [self.stream.sequences[r] for r in rows], items[rows]
+            )  # [C, T(j), N]
+            seen_before = self.stream.starts[rows][:, None, None, None] + steps  # clicks before t
+            out[rows] = (items[rows] != 0)[:, None] & (pos[:, None] >= seen_before)
         return out
 
     @cached_property
@@ -98,16 +117,17 @@ class ReplayData:
         out[..., : model.shape[-1]] = model[:, :, None, :]
         out[..., model.shape[-1] :] = [NO_LIST[c] for c in LIST_COLUMNS]
         steps, held = np.nonzero(np.tri(window - 1, dtype=bool))  # click at step s, list j <= s
-        for row in range(users):
-            clicks = self.stream.targets[row, steps]  # [P]
+        for rows in self.row_chunks(len(steps)):
+            r = np.repeat(rows, len(steps))
+            s, h = np.tile(steps, len(rows)), np.tile(held, len(rows))
             part = list_columns(
-                clicks,
-                model[row, steps + 1, 0],  # the click's logit, from its own surprise row
-                self.lists.items[row, held],
-                self.logits[row, steps, held],
-                self.valid[row, steps, held],
+                self.stream.targets[r, s],
+                model[r, s + 1, 0],  # the click's logit, from its own surprise row
+                self.lists.items[r, h],
+                self.logits_at(r, s, h),
+                self.valid[r, s, h],
             )
-            out[row, steps + 1, held, model.shape[-1] :] = part
+            out[r, s + 1, h, model.shape[-1] :] = part
         return out
 
     def surprise_rows(self, row: int, step: int, held: int) -> np.ndarray:
@@ -128,34 +148,37 @@ class ReplayData:
         steps = np.arange(self.window)
         return np.maximum(steps[:, None] - steps[None, :], 0)
 
-    def fused_ranks(self, fusion: Fusion, chunk_rows: int = 65536) -> np.ndarray:
+    def fused_ranks(self, fusion: Fusion) -> np.ndarray:
         """`[U, T, T]` the target's rank in the final list of step `t` holding list `j`.
 
         Computed with `rerank_batch`, row by row the same as `DeviceSession.recommend`
-        (history items removed, fused, stable sort); inf when the target is not shown,
-        NaN for `j > t`. Memoised per fusion.
+        (history items removed, fused, stable sort), for every list a step can hold
+        (`j <= t`), a chunk of users at a time; inf when the target is not shown, NaN for
+        `j > t`. Memoised per fusion (`forget_ranks` drops them).
         """
         if fusion in self._ranks:
             return self._ranks[fusion]
-        users, window, width = self.num_users, self.window, self.lists.items.shape[-1]
-        full = (users, window, window, width)
-        items = np.broadcast_to(self.lists.items[:, None], full).reshape(-1, width)  # [M, N]
-        llm = np.broadcast_to(self.lists.scores[:, None], full).reshape(-1, width)  # [M, N]
-        logits = self.logits.reshape(-1, width)
-        valid = self.valid.reshape(-1, width)
-        targets = np.broadcast_to(self.stream.targets[:, :, None], full[:3]).reshape(-1)  # [M]
-        ages = np.broadcast_to(self.list_ages(), full[:3]).reshape(-1)  # [M]
-        ranks = np.empty(len(targets))
-        for lo in range(0, len(targets), chunk_rows):
-            part = slice(lo, lo + chunk_rows)
+        steps, held = self.held_states()
+        ranks = np.full((self.num_users, self.window, self.window), np.nan)
+        width = self.lists.items.shape[-1]
+        for rows in self.row_chunks(len(steps)):
+            r = rows[:, None]
             ranked = rerank_batch(
-                items[part], llm[part], logits[part], valid[part], fusion, age=ages[part]
+                self.lists.items[r, held].reshape(-1, width),
+                self.lists.scores[r, held].reshape(-1, width),
+                self.logits_at(r, steps, held).reshape(-1, width),
+                self.valid[r, steps, held].reshape(-1, width),
+                fusion,
+                age=np.tile(steps - held, len(rows)),
             )
-            ranks[part] = target_positions(ranked, targets[part])
-        ranks = ranks.reshape(users, window, window)
-        ranks[:, ~np.tri(window, dtype=bool)] = np.nan  # list j does not exist yet at step t < j
+            targets = self.stream.targets[r, steps].reshape(-1)
+            ranks[r, steps, held] = target_positions(ranked, targets).reshape(len(rows), -1)
         self._ranks[fusion] = ranks
         return ranks
+
+    def forget_ranks(self, keep: Sequence[Fusion] = ()) -> None:
+        """Drop the memoised ranks of every fusion but `keep` (each is `[U, T, T]` float64)."""
+        self._ranks = {f: r for f, r in self._ranks.items() if f in keep}
 
     def observation(self, row: int, step: int, held: int) -> PolicyObservation:
         """What the policy of row `row` sees at `step` while holding list `held` (fetched then)."""
@@ -164,7 +187,7 @@ class ReplayData:
             steps_since_request=step - held,
             items=self.lists.items[row, held],
             llm_scores=self.lists.scores[row, held],
-            srm_logits=self.logits[row, step, held],
+            srm_logits=self.logits_at(row, step, held),
             history=self.stream.history(row, step),
             surprise=self.surprise_rows(row, step, held),
         )

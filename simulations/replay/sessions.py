@@ -83,7 +83,7 @@ class PrecomputedRunner:
         held = self._lists.get(np.asarray(items, dtype=np.int64).tobytes())
         if held is None or not 0 <= step < self.data.window or held > step:
             raise KeyError(f"no precomputed logits for these items at step {step}")
-        return self.data.logits[self.row, step, held].copy()
+        return self.data.logits_at(self.row, step, held)
 
 
 def _session_row(

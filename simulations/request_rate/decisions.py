@@ -46,6 +46,7 @@ class ScoreTables:
         self.data = data
         self._tables: dict[str, np.ndarray] = {}
         self._learned: list[tuple[object, np.ndarray]] = []
+        self._draws: dict[int, np.ndarray] = {}
         self._features: dict[object, np.ndarray] = {}
 
     def of(self, policy: RequestPolicy) -> np.ndarray | None:
@@ -66,6 +67,13 @@ class ScoreTables:
             self._learned.append((policy.model, table))
             return table
         return None
+
+    def draws(self, seed: int) -> np.ndarray:
+        """`[U, T]` each user's first T uniforms of the policy stream of `seed` (`user_draws`),
+        shared by every point with that seed."""
+        if seed not in self._draws:
+            self._draws[seed] = user_draws(self.data.stream.users, seed, self.data.window)
+        return self._draws[seed]
 
     def _feature_rows(self, policy: LearnedPolicy) -> np.ndarray:
         """Features of every reachable state, shared by learned policies of one feature set."""
@@ -114,21 +122,21 @@ def _step_rule(data: ReplayData, policy: RequestPolicy, tables: ScoreTables):
     if kind is PeriodicPolicy:
         return lambda t, rows, held: (t - held) >= policy.m
     if kind is RandomPolicy:
-        draws = user_draws(data.stream.users, policy.seed, data.window)
+        draws = tables.draws(policy.seed)
         return lambda t, rows, held: draws[:, t] < policy.p
     if kind is RateControlledPolicy:
         return _controlled_rule(policy, tables)
     if kind in (ConsistencyPolicy, LearnedPolicy):
         table = tables.of(policy)
-        return None if table is None else _threshold_rule(data, policy, table)
+        return None if table is None else _threshold_rule(data, policy, table, tables)
     return None
 
 
-def _threshold_rule(data: ReplayData, policy, table: np.ndarray):
+def _threshold_rule(data: ReplayData, policy, table: np.ndarray, tables: ScoreTables):
     """Score at the held state against θ; a split tie draws the user's next uniform."""
     threshold, tie_prob = policy.threshold, policy.tie_prob
     split = 0.0 < tie_prob < 1.0
-    draws = user_draws(data.stream.users, policy.seed, data.window) if split else None
+    draws = tables.draws(policy.seed) if split else None
     drawn = np.zeros(data.num_users, dtype=np.int64)  # uniforms each user has used
 
     def decide(t: int, rows: np.ndarray, held: np.ndarray) -> np.ndarray:

@@ -17,26 +17,42 @@ import torch
 
 from device.fusion import FUSION_FEATURES, LearnedFusion, fusion_features
 from simulations.replay import ReplayData
+from simulations.replay.engine import ROW_CHUNK
 
 L2 = 1e-3  # on the weights; the features are all in [0, 1]
 
 
-def fusion_examples(data: ReplayData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+MAX_EXAMPLES = 200_000  # held lists the fit reads at most: 8 weights need no more
+
+
+def fusion_examples(
+    data: ReplayData, max_examples: int = MAX_EXAMPLES, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features `[P, N, F]` (float32), showable slots `[P, N]` and the clicked item's slot
-    `[P]` of every held list whose showable slots include the click."""
+    `[P]` of every held list whose showable slots include the click (a seeded sample of
+    `max_examples` of them, in stream order, when there are more)."""
     steps, held = data.held_states()
-    items = data.lists.items[:, held]  # [U, S, N]
-    valid = data.valid[:, steps, held]  # [U, S, N]
-    hit = (items == data.stream.targets[:, steps, None]) & valid  # [U, S, N]
-    keep = hit.any(axis=-1)  # [U, S]
-    age = np.broadcast_to(steps - held, keep.shape)[keep]  # [P]
-    features = fusion_features(
-        data.lists.scores[:, held][keep].astype(np.float64),
-        data.logits[:, steps, held][keep],
-        valid[keep],
-        age,
-    ).astype(np.float32)
-    return features, valid[keep], hit[keep].argmax(axis=-1)
+    keep = np.zeros((data.num_users, len(steps)), dtype=bool)  # [U, S]
+    for rows in data.row_chunks(len(steps)):
+        r = rows[:, None]
+        hit = data.lists.items[r, held] == data.stream.targets[r, steps][..., None]
+        keep[rows] = (hit & data.valid[r, steps, held]).any(axis=-1)
+    users, states = np.nonzero(keep)  # row-major: the order of the whole-stream arrays
+    if len(users) > max_examples:
+        chosen = np.random.default_rng(seed).choice(len(users), max_examples, replace=False)
+        chosen.sort()
+        users, states = users[chosen], states[chosen]
+    s, h = steps[states], held[states]
+    valid = data.valid[users, s, h]  # [P, N]
+    hit = (data.lists.items[users, h] == data.stream.targets[users, s][:, None]) & valid
+    features = np.empty((*valid.shape, len(FUSION_FEATURES)), dtype=np.float32)
+    for lo in range(0, len(users), ROW_CHUNK):  # float64 temporaries of one chunk at a time
+        part = slice(lo, lo + ROW_CHUNK)
+        u, t, j = users[part], s[part], h[part]
+        features[part] = fusion_features(
+            data.lists.scores[u, j].astype(np.float64), data.logits_at(u, t, j), valid[part], t - j
+        )
+    return features, valid, hit.argmax(axis=-1)
 
 
 def fit_fusion(

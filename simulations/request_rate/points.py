@@ -166,6 +166,7 @@ def choose_best_fusion(
     candidates = {"lsc4rec": RankSigmoidFusion(alpha=alpha), "age_lsc4rec": age, "learned": learned}
     scores = {name: all_states_ndcg10(valid, f) for name, f in candidates.items()}
     chosen = max(scores, key=scores.get)
+    valid.forget_ranks(keep=[candidates[chosen]])  # each tried fusion's ranks: [U, T, T] float64
     notes = {
         "chosen": chosen,
         "valid_ndcg10_all_states": scores,

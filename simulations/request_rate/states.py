@@ -33,11 +33,14 @@ def state_index(data: ReplayData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _recent_clicks(data: ReplayData, rows, steps, k: int) -> np.ndarray:
     """`[M, k]` the last k clicks before each state's step, left-padded with 0."""
-    out = np.zeros((len(rows), k), dtype=np.int64)
-    for i, (row, step) in enumerate(zip(rows, steps)):
-        tail = data.stream.history(row, step)[-k:]
-        out[i, k - len(tail) :] = tail
-    return out
+    window = data.window
+    table = np.zeros((data.num_users, window, k), dtype=np.int64)  # [U, T, k]
+    offsets = np.arange(window)[:, None] + np.arange(k)[None, :]  # [T, k] into the padded tail
+    for row, (seq, start) in enumerate(zip(data.stream.sequences, data.stream.starts)):
+        # the clicks before the last step, k zeros in front: step t's last k are at t … t + k − 1
+        padded = np.concatenate([np.zeros(k, np.int64), seq[: int(start) + window - 1]])
+        table[row] = padded[len(padded) - (window - 1) - k + offsets]
+    return table[rows, steps]
 
 
 def surprise_state_rows(
@@ -64,7 +67,7 @@ def measure_table(data: ReplayData, measure: str, chunk: int = 2048) -> np.ndarr
     scores = np.empty(len(rows))
     for lo in range(0, len(rows), chunk):
         r, s, h = rows[lo : lo + chunk], steps[lo : lo + chunk], held[lo : lo + chunk]
-        scores[lo : lo + chunk] = scorer(data.logits[r, s, h], data.valid[r, s, h])
+        scores[lo : lo + chunk] = scorer(data.logits_at(r, s, h), data.valid[r, s, h])
     table = np.full((data.num_users, data.window, data.window), np.nan)
     table[rows, steps, held] = scores
     return table
@@ -81,7 +84,7 @@ def feature_rows(data: ReplayData, config: FeatureConfig, chunk: int = 2048) -> 
         items = data.lists.items[r, h]  # [m, N]
         age = s - h  # the held list was fetched at step h
         valid = data.valid[r, s, h]
-        logits = data.logits[r, s, h]
+        logits = data.logits_at(r, s, h)
         surprise = (last[lo : lo + chunk], mean[lo : lo + chunk])
         parts.append(
             request_features(items, logits, valid, recent[lo : lo + chunk], age, config, surprise)
