@@ -182,7 +182,7 @@ def _add_replay_args(parser: argparse.ArgumentParser) -> None:
         "--table-workers",
         type=int,
         default=1,
-        help="processes (or Ray tasks) computing the SRM tables, a chunk of users each",
+        help="processes (or Ray tasks) making the fresh lists and SRM tables, a chunk of users each",
     )
     group.add_argument(
         "--table-backend",

@@ -13,6 +13,7 @@ from shared.cache import digest, load_npz, save_npz
 from shared.candidates import CandidateList, request_parts
 from shared.progress import progress_bar
 from simulations.replay.keys import generator_fingerprint
+from simulations.replay.parallel import run_tasks
 from simulations.replay.stream import CACHE_FORMAT, ListGenerator, ReplayConfig, ReplayStream
 
 # ---------------------------------------------------------------- fresh lists
@@ -105,6 +106,48 @@ def generate_lists(
     return np.concatenate(items), np.concatenate(scores)
 
 
+TASK_CHUNKS = 16  # generate calls (of `chunk_size` requests) per worker task
+
+
+def generate_lists_parallel(
+    generator: ListGenerator,
+    histories: Sequence[np.ndarray],
+    config: ReplayConfig,
+    progress: bool = False,
+    exclude: Sequence[np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`generate_lists` with its requests split over `config.table_workers` processes (or Ray
+    tasks). Each task starts at a multiple of `chunk_size`, so the generator sees the same
+    batches as in one process and returns the same lists."""
+    size = config.chunk_size * TASK_CHUNKS
+    tasks = [
+        (
+            generator,
+            histories[lo : lo + size],
+            None if exclude is None else exclude[lo : lo + size],
+            config,
+        )
+        for lo in range(0, len(histories), size)
+    ]
+    results = run_tasks(
+        _lists_task, tasks, config.table_workers, config.table_backend, "fresh lists", progress
+    )
+    return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
+
+
+def _lists_task(
+    generator: ListGenerator,
+    histories: Sequence[np.ndarray],
+    exclude: Sequence[np.ndarray] | None,
+    config: ReplayConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One worker's share of the requests (one torch thread, as the one-process default)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return generate_lists(generator, histories, config, exclude=exclude)
+
+
 def list_cache_key(
     generator: Any, stream: ReplayStream, config: ReplayConfig, dataset: str
 ) -> dict[str, Any]:
@@ -155,7 +198,10 @@ def load_or_generate_lists(
             cached["items"], cached["scores"], version, config.request_history, key_digest, True
         )
     histories, exclusions = stream_requests(stream, config.request_history)
-    items, scores = generate_lists(generator, histories, config, progress, exclusions)
+    if config.table_workers > 1 or config.table_backend == "ray":
+        items, scores = generate_lists_parallel(generator, histories, config, progress, exclusions)
+    else:
+        items, scores = generate_lists(generator, histories, config, progress, exclusions)
     items, scores = items.reshape(shape), scores.reshape(shape)
     if path:
         save_npz(path, key, {"items": items, "scores": scores})

@@ -45,7 +45,7 @@ class ReplayConfig:
     request_history: int = 50  # L: most recent clicks sent with a request (docs/design.md §3)
     batch_size: int = 32  # requests the generator decodes together (bounds its memory)
     chunk_size: int = 256  # requests per generate call, i.e. per progress-bar update
-    table_workers: int = 1  # processes (or Ray tasks) computing the SRM tables; 1 = this one
+    table_workers: int = 1  # processes (or Ray tasks) making the lists and SRM tables; 1 = this one
     table_backend: str = "local"  # "local" (processes on this machine) or "ray" (a cluster)
 
     def __post_init__(self) -> None:

@@ -15,10 +15,10 @@ from seqrec.runners import HistoryRunner, TorchStatefulRunner, make_runner
 from shared.cache import digest, load_npz, save_npz
 from shared.device_format import SURPRISE_COLUMNS
 from shared.metrics import full_ranking_ranks
-from shared.optional import import_ray
 from shared.progress import progress_bar
 from simulations.replay.keys import srm_fingerprint
 from simulations.replay.lists import FreshLists
+from simulations.replay.parallel import run_tasks
 from simulations.replay.stream import ReplayStream
 
 TABLE_FORMAT = 2  # bump when the SRM tables change; 2 added the surprise
@@ -341,8 +341,6 @@ def compute_srm_tables_parallel(
     Raises:
         ValueError: an unknown backend, or Ray asked for and not installed.
     """
-    if backend not in ("local", "ray"):
-        raise ValueError(f"backend must be local or ray, got {backend!r}")
     starts = range(0, stream.num_users, chunk_users)
     tasks = []
     for start in starts:
@@ -352,19 +350,8 @@ def compute_srm_tables_parallel(
         if resume is not None:
             kept = {int(u): resume[int(u)] for u in part.users if int(u) in resume}
         tasks.append((model, part, lists.items[rows], num_items, kept, chunk_users))
-    if backend == "ray":
-        results = _run_ray_tasks(tasks, workers)
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        context = multiprocessing.get_context("spawn")  # never fork a process holding threads
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = [pool.submit(_table_task, *task) for task in tasks]
-            done = progress_bar(
-                futures, desc=f"SRM on {stream.role} stream ({workers} workers)", enabled=progress
-            )
-            results = [future.result() for future in done]
+    desc = f"SRM on {stream.role} stream"
+    results = run_tasks(_table_task, tasks, workers, backend, desc, progress)
     logits = np.concatenate([r[0] for r in results])
     full = np.concatenate([r[1] for r in results])
     surprise = np.concatenate([r[2] for r in results])
@@ -404,17 +391,3 @@ def _table_task(
         make_runner(model), stream, lists, num_items, kept, chunk_users=chunk_users
     )
     return tables.logits, tables.full_ranks, tables.surprise, kept or {}
-
-
-def _run_ray_tasks(tasks: list[tuple], workers: int) -> list[tuple]:
-    """`_table_task` of every chunk as Ray tasks, at most `workers` in flight, in order."""
-    ray = import_ray("--table-backend ray")
-    ray.init(ignore_reinit_error=True)
-    remote = ray.remote(num_cpus=1)(_table_task)
-    pending = [remote.remote(*task) for task in tasks[:workers]]
-    results = []
-    for task in tasks[workers:]:
-        results.append(ray.get(pending.pop(0)))
-        pending.append(remote.remote(*task))
-    results += ray.get(pending)
-    return results

@@ -254,6 +254,20 @@ def test_tables_from_worker_processes_equal_one_process(split, srm, data):
         ReplayConfig(table_backend="spark")
 
 
+def test_lists_from_worker_processes_equal_one_process(generator, data):
+    """The fresh lists made by two spawned workers, several tasks each, equal one process's."""
+    from simulations.replay.lists import load_or_generate_lists
+
+    config = dataclasses.replace(CONFIG, chunk_size=2)  # 32 requests a task
+    want = load_or_generate_lists(generator, data.stream, config)
+    got = load_or_generate_lists(
+        generator, data.stream, dataclasses.replace(config, table_workers=2)
+    )
+    assert data.num_users * WINDOW > 3 * 32  # more tasks than workers
+    np.testing.assert_array_equal(got.items, want.items)
+    np.testing.assert_array_equal(got.scores, want.scores)  # the same batches: the same bits
+
+
 def test_tables_from_ray_tasks_equal_one_process(split, srm, data):
     pytest.importorskip("ray")  # an optional extra: pip install ray
     from simulations.replay.tables import compute_srm_tables_parallel
