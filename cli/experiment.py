@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from cli.common import CLIError, add_dataset_args, load_dataset_from_args
-from cloud.loading import load_generator
+from cloud.loading import load_generator, place_generator
 from device.bundle import BundleSettings
 from device.policies.surprise import SURPRISE_MEASURES
 from seqrec.checkpoint import CONFIG_NAME, load_srm
@@ -190,6 +190,12 @@ def _add_replay_args(parser: argparse.ArgumentParser) -> None:
         default="local",
         help="local: processes on this machine; ray: tasks on the cluster ray.init() joins",
     )
+    group.add_argument(
+        "--device",
+        default="auto",
+        help="where the generator makes the fresh lists: auto (a GPU when torch sees one and "
+        "the generator can use it), cpu or cuda[:N]; the SRM tables run on the CPU",
+    )
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -285,11 +291,13 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     dataset = load_dataset_from_args(args)
     generator, model = _load_models(args, dataset.num_items, args.llm, args.srm)
+    generator = place_generator(generator, args.device)
     calibration = None
     if args.calibration_llm is not None:
         calibration = _load_models(
             args, dataset.num_items, args.calibration_llm, args.calibration_srm
         )
+        calibration = (place_generator(calibration[0], args.device), calibration[1])
     split = split_stream(dataset, test_window=args.test_window)
     label = dataset_label(dataset, args.data_seed if args.dataset == "synthetic" else None)
     valid, test = prepare_streams(

@@ -54,6 +54,12 @@ def add_parser(subparsers) -> None:
         "--torch-threads", type=int, default=0, help="torch intra-op threads (0 = torch default)"
     )
     parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (a GPU when torch sees one and the model can use it: the item LM), cpu "
+        "or cuda[:N]",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
     )
     parser.set_defaults(func=run)
@@ -93,4 +99,6 @@ def _serve(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    return serve(args.model, f"{args.host}:{args.port}", config)
+    if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda[:N], got {args.device!r}")
+    return serve(args.model, f"{args.host}:{args.port}", config, device=args.device)

@@ -37,6 +37,7 @@ class GeneratorBase:
     item_titles: list[str] | None = None
     _model_version: str = ""
     nested_top_n = False  # True when every top-n is a prefix of a longer top-n (exact search)
+    accelerated = False  # True when `to(device)` can move the kind's model to a GPU
 
     @property
     def num_items(self) -> int:
@@ -46,6 +47,16 @@ class GeneratorBase:
     def model_version(self) -> str:
         """`<family>-<ids>-<hash of the weights>`: changes whenever the weights do."""
         return self._model_version
+
+    def to(self, device: str) -> GeneratorBase:
+        """Run the model on `device` ("cpu", "cuda", "cuda:N"); requests and lists stay numpy.
+
+        Raises:
+            ValueError: a device other than the CPU for a kind that runs on the CPU only.
+        """
+        if str(device) != "cpu":
+            raise ValueError(f"the {type(self).__name__} runs on the CPU only, not {device}")
+        return self
 
     def generate(
         self,

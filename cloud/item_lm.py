@@ -345,6 +345,7 @@ class ItemSequenceGenerator(GeneratorBase):
     # The top-n is an exact sort of the whole catalogue, so the top-n of every n is a prefix
     # of the top-500: a server batch with many n needs one call (cloud.servicer.run_batch).
     nested_top_n = True
+    accelerated = True
 
     def __init__(
         self,
@@ -416,17 +417,24 @@ class ItemSequenceGenerator(GeneratorBase):
                 self._features = (self.model_version, self.model.all_item_features())
         return self._features[1]
 
+    def to(self, device: str) -> ItemSequenceGenerator:
+        """Run the item model on `device` (the batch goes there, the top-N comes back)."""
+        self.model.to(device)
+        self._features = None  # the item vectors are recomputed there
+        return self
+
     @torch.inference_mode()
     def _generate_batch(
         self, histories: list[np.ndarray], n: int, masked: list[np.ndarray]
     ) -> list[CandidateList]:
         self.model.eval()
-        padded = torch.from_numpy(pad_histories(histories, self.config.max_len))  # [B, L]
+        device = next(self.model.parameters()).device
+        padded = torch.from_numpy(pad_histories(histories, self.config.max_len)).to(device)
         logits = self.model.score_all(padded, self.item_vectors())  # [B, N]
         log_probs = torch.log_softmax(logits[:, 1:], dim=-1)  # [B, N-1]
         for row, items in enumerate(masked):
             log_probs[row, torch.from_numpy(items - 1)] = float("-inf")  # history + exclusion
-        scores, index = torch.topk(log_probs, n, dim=-1)  # exact top-N, sorted
+        scores, index = (t.cpu() for t in torch.topk(log_probs, n, dim=-1))  # exact, sorted
         version = self.model_version
         return [
             CandidateList(

@@ -40,3 +40,18 @@ def load_generator(folder: str | Path, verify: bool = True) -> GeneratorBase:
             config (a missing, unexpected or mis-shaped tensor).
     """
     return check_generator(folder, verify).from_pretrained(folder, verify=False)
+
+
+def place_generator(generator: GeneratorBase, device: str = "auto") -> GeneratorBase:
+    """`generator` on `device`: "cpu", "cuda[:N]", or "auto" (a GPU when torch sees one and
+    the generator's kind can use it; a CPU-only kind stays on the CPU).
+
+    Raises:
+        ValueError: an unknown device name, CUDA asked for and absent, or a GPU asked for a
+            kind that runs on the CPU only.
+    """
+    from seqrec.training import resolve_device
+
+    if device == "auto" and not generator.accelerated:
+        return generator
+    return generator.to(resolve_device(device))

@@ -476,6 +476,7 @@ def serve(
     address: str = "[::]:50051",
     config: ServerConfig | None = None,
     load: Callable[[str | Path], CandidateSource] | None = None,
+    device: str = "cpu",
 ) -> int:
     """Check the model folder, listen, load the model, serve until SIGTERM/SIGINT, then shut
     down gracefully.
@@ -487,6 +488,8 @@ def serve(
         load: loads the generator (default: `cloud.loading.check_generator` before listening,
             so that a folder that differs from its manifest is refused before anything is
             served, then `load_generator`).
+        device: where the default loader puts the model: "cpu", "cuda[:N]", or "auto" (a GPU
+            when torch sees one and the generator's kind can use it).
     Returns:
         0 after a clean shutdown.
     Raises:
@@ -497,13 +500,13 @@ def serve(
     if load is None:
         from transformers.utils import logging as hf_logging
 
-        from cloud.loading import check_generator, load_generator  # torch: only here
+        from cloud.loading import check_generator, load_generator, place_generator  # torch here
 
         hf_logging.disable_progress_bar()  # stderr carries JSON log lines only
         check_generator(model_dir)
 
         def load(folder: str | Path) -> CandidateSource:
-            return load_generator(folder, verify=False)  # verified just above
+            return place_generator(load_generator(folder, verify=False), device)  # verified
 
     server, _ = create_server(None, address, config)
     stop = threading.Event()

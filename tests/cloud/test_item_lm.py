@@ -245,3 +245,23 @@ def test_id_dropout_trains_some_items_as_cold_ones_and_never_serves_that_way():
         torch.testing.assert_close(model.all_item_features(), full)  # eval: never dropped
     with pytest.raises(ValueError, match="id_dropout must be in"):
         ItemLMConfig(num_items=5, id_dropout=1.0)
+
+
+def test_placing_a_generator_on_a_device(generator, create_generator):
+    """auto puts the item LM on the CPU here and keeps its lists; a GPU asked for where torch
+    sees none, a prompt generator asked onto a GPU, or an unknown name is refused."""
+    from cloud.loading import place_generator
+
+    history = [[1, 2, 3]]
+    before = generator.generate(history, n=5)[0]
+    placed = place_generator(generator, "auto")
+    assert placed is generator
+    assert next(generator.model.parameters()).device.type == "cpu"
+    np.testing.assert_array_equal(placed.generate(history, n=5)[0].items, before.items)
+    prompt = create_generator()
+    assert place_generator(prompt, "auto") is prompt  # a CPU-only kind stays on the CPU
+    for name in ("tpu", *(() if torch.cuda.is_available() else ("cuda:0",))):
+        with pytest.raises(ValueError, match="device"):
+            place_generator(generator, name)
+    with pytest.raises(ValueError, match="CPU only"):
+        prompt.to("cuda")

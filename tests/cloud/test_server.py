@@ -597,6 +597,11 @@ def test_serve_cli_reports_a_missing_model_folder(tmp_path, capsys):
     assert "model folder not found" in capsys.readouterr().err
 
 
+def test_serve_cli_refuses_an_unknown_device(tmp_path, capsys):
+    assert cli_main(["serve", "--model", str(tmp_path), "--device", "tpu"]) == 2
+    assert "--device must be auto, cpu or cuda" in capsys.readouterr().err
+
+
 def test_serve_cli_reads_the_token_from_a_file(tmp_path):
     token = tmp_path / "token"
     token.write_text("  s3cret\n")
