@@ -50,6 +50,10 @@ def expected_rate(table: np.ndarray, rule: ThresholdRule, seed: int = 0, draws: 
     particular draw (each user's policy copy draws its own numbers on replay).
     """
     draws = draws if 0.0 < rule.tie_prob < 1.0 else 1  # no ties to split: one pass is exact
+    if draws > 1 and not (table == rule.threshold).any():
+        # No score sits at θ, so no random number is drawn and every draw replays alike:
+        # one pass, averaged as `draws` equal passes would be (the same float sum).
+        return float(np.mean([simulate_rule(table, rule, seed)[0].mean()] * draws))
     return float(np.mean([simulate_rule(table, rule, seed + i)[0].mean() for i in range(draws)]))
 
 

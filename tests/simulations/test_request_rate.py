@@ -482,3 +482,18 @@ def test_batched_replay_falls_back_for_a_policy_it_does_not_know(streams):
     assert batched_decisions(test, policy, ScoreTables(test)) is None
     fast = replay_batched(test, policy)
     np.testing.assert_array_equal(fast.requested, replay(test, policy).requested)
+
+
+def test_resampled_means_in_chunks_equal_the_whole_gather(monkeypatch):
+    """The bootstrap's means a few resamples at a time are the whole gather's, bit for bit,
+    and its int32 indices are the int64 draws."""
+    from simulations.request_rate import statistics
+
+    values = np.random.default_rng(0).normal(size=50)
+    indices = bootstrap_indices(50, 37, seed=3)
+    assert indices.dtype == np.int32
+    drawn = np.random.default_rng([3, 2024]).integers(0, 50, size=(37, 50))
+    np.testing.assert_array_equal(indices, drawn)
+    monkeypatch.setattr(statistics, "RESAMPLE_CHUNK", 50 * 4)  # 4 resamples a chunk
+    chunked = statistics.resample_means(values, indices)
+    np.testing.assert_array_equal(chunked, values[drawn].mean(axis=1))
