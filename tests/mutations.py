@@ -84,8 +84,8 @@ MUTATIONS = (
     Mutation(
         "batched tables score the held lists with the state after the click",
         "simulations/replay/tables.py",
-        "            for j in range(t + 1):\n                logits[:, t, j] = model.score_features",
-        "            state, _ = model.step(state, torch.as_tensor([seq[start + t] for seq, start in zip(sequences, starts)]))\n            for j in range(t + 1):\n                logits[:, t, j] = model.score_features",
+        "            for j in range(t + 1):\n                logits[:, pair_count(t) + j] = model.score_features",
+        "            state, _ = model.step(state, torch.as_tensor([seq[start + t] for seq, start in zip(sequences, starts)]))\n            for j in range(t + 1):\n                logits[:, pair_count(t) + j] = model.score_features",
         TABLES,
     ),
     Mutation(

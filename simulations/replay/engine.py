@@ -17,7 +17,13 @@ from device.policies.surprise import CLICK_COLUMNS, LIST_COLUMNS, NO_LIST, list_
 from shared.metrics import hit_rate, ndcg
 from simulations.replay.lists import FreshLists, load_or_generate_lists
 from simulations.replay.stream import KS, ListGenerator, ReplayConfig, ReplayStream
-from simulations.replay.tables import ResumeStates, SRMTables, load_or_compute_srm_tables
+from simulations.replay.tables import (
+    ResumeStates,
+    SRMTables,
+    held_pairs,
+    load_or_compute_srm_tables,
+    pair_count,
+)
 
 # ---------------------------------------------------------------- the replay data
 
@@ -54,7 +60,7 @@ class ReplayData:
     Args:
         stream: the stream.
         lists: its fresh lists (`[U, T, N]`).
-        srm: the SRM's logits of those lists (`[U, T, T, N]`).
+        srm: the SRM's logits of those lists (`[U, P, N]`, the held pairs).
     Raises:
         ValueError: the three do not fit together.
     """
@@ -63,12 +69,13 @@ class ReplayData:
         users, window = stream.num_users, stream.window
         if lists.items.shape[:2] != (users, window):
             raise ValueError(f"lists are {lists.items.shape[:2]}, the stream is {(users, window)}")
-        if srm.logits.shape != (users, window, window, lists.items.shape[2]):
+        if srm.logits.shape != (users, pair_count(window), lists.items.shape[2]):
             raise ValueError(f"SRM logits {srm.logits.shape} do not fit lists {lists.items.shape}")
         self.stream = stream
         self.lists = lists
         self.srm = srm
         self._ranks: dict[Fusion, np.ndarray] = {}
+        self._pairs = held_pairs(window)
 
     @property
     def num_users(self) -> int:
@@ -78,10 +85,14 @@ class ReplayData:
     def window(self) -> int:
         return self.stream.window
 
-    def logits_at(self, *index: Any) -> np.ndarray:
-        """The SRM logits at `index` of `[U, T, T, N]`, as float64: the values a runner's
-        `score_items` returned (cast per read, so no float64 copy of the table is kept)."""
-        return self.srm.logits[index].astype(np.float64)
+    def logits_at(self, rows: Any, steps: Any, held: Any) -> np.ndarray:
+        """The SRM logits of list `held` at step `steps` (`held <= steps`) for `rows`, indexed
+        as `[U, T, T]` (broadcast), as float64: the values a runner's `score_items` returned
+        (cast per read, so no float64 copy of the table is kept)."""
+        pairs = self._pairs[steps, held]
+        if np.any(pairs < 0):
+            raise IndexError("a list is held only from the step it was made (held <= step)")
+        return self.srm.logits[rows, pairs].astype(np.float64)
 
     def row_chunks(self, states: int = 1) -> list[np.ndarray]:
         """Rows in chunks of about `ROW_CHUNK` (row, state) pairs: what the whole-stream
@@ -107,27 +118,35 @@ class ReplayData:
 
     @cached_property
     def click_rows(self) -> np.ndarray:
-        """`[U, T, T, S]` the surprise row (`CLICK_COLUMNS`) of the click before step `t`
-        as a device holding list `j` saw it (its list columns need the list held then,
-        `j <= t − 1`); at step 0 the history's last click, seen with no list (`NO_LIST`).
-        Rows with `j >= t` (t > 0) are unused and hold NO_LIST."""
-        users, window = self.num_users, self.window
-        model = self.srm.surprise  # [U, T, 5]
-        out = np.empty((users, window, window, len(CLICK_COLUMNS)))
+        """`click_rows_of` every row, kept (the per-user replay reads it state by state; the
+        whole-stream tables read `click_rows_of` a chunk of rows at a time)."""
+        return self.click_rows_of(np.arange(self.num_users))
+
+    def click_rows_of(self, rows: np.ndarray) -> np.ndarray:
+        """`[C, T, T, S]` for the given rows: the surprise row (`CLICK_COLUMNS`) of the click
+        before step `t` as a device holding list `j` saw it (its list columns need the list
+        held then, `j <= t − 1`); at step 0 the history's last click, seen with no list
+        (`NO_LIST`). Rows with `j >= t` (t > 0) are unused and hold NO_LIST."""
+        window = self.window
+        model = self.srm.surprise[rows]  # [C, T, 5]
+        out = np.empty((len(rows), window, window, len(CLICK_COLUMNS)))
         out[..., : model.shape[-1]] = model[:, :, None, :]
         out[..., model.shape[-1] :] = [NO_LIST[c] for c in LIST_COLUMNS]
         steps, held = np.nonzero(np.tri(window - 1, dtype=bool))  # click at step s, list j <= s
-        for rows in self.row_chunks(len(steps)):
-            r = np.repeat(rows, len(steps))
-            s, h = np.tile(steps, len(rows)), np.tile(held, len(rows))
+        size = max(1, ROW_CHUNK // max(len(steps), 1))  # rows whose pairs make one chunk
+        for lo in range(0, len(rows), size):
+            part_rows = np.arange(lo, min(lo + size, len(rows)))
+            local = np.repeat(part_rows, len(steps))  # into `out`
+            r = np.asarray(rows)[local]  # into the stream
+            s, h = np.tile(steps, len(part_rows)), np.tile(held, len(part_rows))
             part = list_columns(
                 self.stream.targets[r, s],
-                model[r, s + 1, 0],  # the click's logit, from its own surprise row
+                model[local, s + 1, 0],  # the click's logit, from its own surprise row
                 self.lists.items[r, h],
                 self.logits_at(r, s, h),
                 self.valid[r, s, h],
             )
-            out[r, s + 1, h, model.shape[-1] :] = part
+            out[local, s + 1, h, model.shape[-1] :] = part
         return out
 
     def surprise_rows(self, row: int, step: int, held: int) -> np.ndarray:
@@ -345,6 +364,7 @@ def replay_result(
     """The result of `[U, T]` decisions: each step's target rank in the held list, fused."""
     steps = np.arange(data.window)[None, :]
     ranks = data.fused_ranks(fusion)[np.arange(data.num_users)[:, None], steps, used]  # [U, T]
+    used = used.astype(np.int16)  # a step index: a sweep holds one [U, T] of them per point
     return ReplayResult(
         result_label(policy, fusion, label), data.stream.users, requested, used, ranks
     )

@@ -129,10 +129,17 @@ def generate_lists_parallel(
         )
         for lo in range(0, len(histories), size)
     ]
+    items = np.zeros((len(histories), config.n), dtype=np.int64)
+    scores = np.zeros((len(histories), config.n), dtype=np.float32)
     results = run_tasks(
         _lists_task, tasks, config.table_workers, config.table_backend, "fresh lists", progress
     )
-    return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
+    for lo, (part_items, part_scores) in zip(range(0, len(histories), size), results):
+        items[lo : lo + len(part_items)], scores[lo : lo + len(part_items)] = (
+            part_items,
+            part_scores,
+        )
+    return items, scores
 
 
 def _lists_task(

@@ -21,7 +21,7 @@ from simulations.replay.lists import FreshLists
 from simulations.replay.parallel import run_tasks
 from simulations.replay.stream import ReplayStream
 
-TABLE_FORMAT = 2  # bump when the SRM tables change; 2 added the surprise
+TABLE_FORMAT = 3  # bump when the SRM tables change; 2 added the surprise, 3 the held layout
 CHUNK_USERS = 1024  # users a batched runner steps together
 
 # ---------------------------------------------------------------- SRM outputs
@@ -32,8 +32,9 @@ class SRMTables:
     """The SRM's policy-independent outputs on a stream.
 
     Attributes:
-        logits: `[U, T, T, N]` float32; `[u, t, j]` = the runner's `score_items` of list `j`
-            at step `t` (after the clicks before `t`), for `j <= t`; 0 for `j > t`.
+        logits: `[U, P, N]` float32 over the `P = T(T+1)/2` held pairs (`held_pairs`):
+            `[u, pair(t, j)]` = the runner's `score_items` of list `j` at step `t` (after the
+            clicks before `t`), for `j <= t` (a list made later is never held, so not kept).
         full_ranks: `[U, T]` the target's rank among all items, history masked (SRM alone,
             no cloud); NaN when not computed.
         surprise: `[U, T, 5]` the runner's surprise (`SURPRISE_COLUMNS`) of the click just
@@ -45,6 +46,18 @@ class SRMTables:
     full_ranks: np.ndarray
     surprise: np.ndarray
     from_cache: bool = False
+
+
+def held_pairs(window: int) -> np.ndarray:
+    """`[T, T]` the index of pair (step t, list j) in the held layout, row-major over
+    `j <= t` (pair(t, j) = t(t+1)/2 + j, so a step's lists are contiguous); -1 for j > t."""
+    steps, held = np.meshgrid(np.arange(window), np.arange(window), indexing="ij")
+    return np.where(held <= steps, steps * (steps + 1) // 2 + held, -1)
+
+
+def pair_count(window: int) -> int:
+    """P = T(T+1)/2, the (step, held list) pairs of a T-step stream."""
+    return window * (window + 1) // 2
 
 
 # user -> (clicks folded, runner state, surprise of the last folded click)
@@ -59,7 +72,7 @@ def _user_tables(
     num_items: int,
     resume: ResumeStates | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`[T, T, N]` logits, `[T]` full ranks and `[T, 5]` surprise of one user, stepping the
+    """`[P, N]` logits, `[T]` full ranks and `[T, 5]` surprise of one user, stepping the
     runner click by click."""
     seq, start, window = stream.sequences[row], int(stream.starts[row]), stream.window
     user = int(stream.users[row])
@@ -71,7 +84,7 @@ def _user_tables(
             state = runner.step(state, int(seq[index]))
         else:
             state, last = runner.step_with_surprise(state, seq[:index], int(seq[index]))
-    logits = np.zeros((window, window, lists.shape[-1]), dtype=np.float32)
+    logits = np.zeros((pair_count(window), lists.shape[-1]), dtype=np.float32)
     surprise = np.zeros((window, len(SURPRISE_COLUMNS)))
     full = np.full(window, np.nan)
     all_items = np.arange(num_items + 1) if num_items else None
@@ -79,7 +92,7 @@ def _user_tables(
         history = seq[: start + t]
         surprise[t] = last
         for j in range(t + 1):
-            logits[t, j] = runner.score_items(state, history, lists[j])
+            logits[pair_count(t) + j] = runner.score_items(state, history, lists[j])
         if all_items is not None:
             scores = runner.score_items(state, history, all_items)[None]  # [1, I]
             full[t] = full_ranking_ranks(scores, seq[start + t : start + t + 1], [history])[0]
@@ -117,7 +130,7 @@ def compute_srm_tables(
         chunk_users: users stepped together by a batched runner (bounds its memory).
     """
 
-    shape = (stream.num_users, stream.window, stream.window, lists.items.shape[-1])
+    shape = (stream.num_users, pair_count(stream.window), lists.items.shape[-1])
     logits = np.zeros(shape, dtype=np.float32)
     full = np.full((stream.num_users, stream.window), np.nan)
     surprise = np.zeros((stream.num_users, stream.window, len(SURPRISE_COLUMNS)))
@@ -153,7 +166,7 @@ def _chunk_tables(
     num_items: int,
     resume: ResumeStates | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`_user_tables` for the users at `rows` at once: `[B, T, T, N]` logits, `[B, T]` full
+    """`_user_tables` for the users at `rows` at once: `[B, P, N]` logits, `[B, T]` full
     ranks and `[B, T, 5]` surprise. Clicks of item 0 leave a state as it is, so users whose
     histories differ in length step together."""
     import torch
@@ -188,14 +201,16 @@ def _chunk_tables(
         for b, k in enumerate(kept):
             if not pending[b]:
                 last[b] = k[2]  # resumed exactly at the stream: its last surprise is kept
-        logits = np.zeros((len(rows), window, window, lists.shape[-1]), dtype=np.float32)
+        logits = np.zeros((len(rows), pair_count(window), lists.shape[-1]), dtype=np.float32)
         surprise = np.zeros((len(rows), window, len(SURPRISE_COLUMNS)))
         full = np.full((len(rows), window), np.nan)
         candidates = torch.as_tensor(lists.astype(np.int64))  # [B, T, N]
         for t in range(window):
             surprise[:, t] = last
             for j in range(t + 1):
-                logits[:, t, j] = model.score_features(state.feature, candidates[:, j]).numpy()
+                logits[:, pair_count(t) + j] = model.score_features(
+                    state.feature, candidates[:, j]
+                ).numpy()
             clicks = np.array([seq[start + t] for seq, start in zip(sequences, starts)])
             if num_items:
                 scores = (state.feature @ table.t()).double().numpy()  # [B, I]
@@ -298,7 +313,7 @@ def _chunk_tables_history(
         return torch.stack([logit, nll, rank, drift, torch.zeros_like(logit)], 1).numpy()
 
     with torch.no_grad():
-        logits = np.zeros((len(rows), window, window, lists.shape[-1]), dtype=np.float32)
+        logits = np.zeros((len(rows), pair_count(window), lists.shape[-1]), dtype=np.float32)
         surprise = np.zeros((len(rows), window, len(SURPRISE_COLUMNS)))
         full = np.full((len(rows), window), np.nan)
         previous = model.score_all(windows(starts - 1, width)).double()
@@ -307,7 +322,8 @@ def _chunk_tables_history(
             surprise[:, t] = last
             scores = model.score_all(windows(starts + t, width)).double()  # [B, I]
             picked = np.take_along_axis(scores.numpy(), lists[:, : t + 1].reshape(len(rows), -1), 1)
-            logits[:, t, : t + 1] = picked.reshape(len(rows), t + 1, -1)
+            first = pair_count(t)  # step t's held lists j = 0 … t are contiguous
+            logits[:, first : first + t + 1] = picked.reshape(len(rows), t + 1, -1)
             if num_items:
                 clicks = np.array([seq[start + t] for seq, start in zip(sequences, starts)])
                 histories = [seq[: start + t] for seq, start in zip(sequences, starts)]
@@ -349,15 +365,20 @@ def compute_srm_tables_parallel(
         kept = None
         if resume is not None:
             kept = {int(u): resume[int(u)] for u in part.users if int(u) in resume}
-        tasks.append((model, part, lists.items[rows], num_items, kept, chunk_users))
+        items = lists.items[start : start + len(rows)]  # a view: pickled per task, not copied here
+        tasks.append((model, part, items, num_items, kept, chunk_users))
+    logits = np.zeros(
+        (stream.num_users, pair_count(stream.window), lists.items.shape[-1]), np.float32
+    )
+    full = np.full((stream.num_users, stream.window), np.nan)
+    surprise = np.zeros((stream.num_users, stream.window, len(SURPRISE_COLUMNS)))
     desc = f"SRM on {stream.role} stream"
     results = run_tasks(_table_task, tasks, workers, backend, desc, progress)
-    logits = np.concatenate([r[0] for r in results])
-    full = np.concatenate([r[1] for r in results])
-    surprise = np.concatenate([r[2] for r in results])
-    if resume is not None:
-        for r in results:
-            resume.update(r[3])
+    for start, (part_logits, part_full, part_surprise, kept) in zip(starts, results):
+        rows = slice(start, start + len(part_logits))
+        logits[rows], full[rows], surprise[rows] = part_logits, part_full, part_surprise
+        if resume is not None:
+            resume.update(kept)
     return SRMTables(logits, full, surprise)
 
 

@@ -9,7 +9,7 @@ from device.policies import (
     FeatureConfig,
     request_features,
 )
-from device.policies.surprise import SurpriseMeasure, build_request_measure
+from device.policies.surprise import CLICK_COLUMNS, SurpriseMeasure, build_request_measure
 from simulations.replay import (
     ReplayData,
 )
@@ -47,13 +47,24 @@ def surprise_state_rows(
     data: ReplayData, rows: np.ndarray, steps: np.ndarray, held: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """`[M, S]` last-click rows and `[M, S]` means since the fetch at the given states, as
-    `ReplayData.surprise_rows` gives them one by one (means by a cumulative sum)."""
-    table = data.click_rows  # [U, T, T, S]
-    totals = np.cumsum(table, axis=1)  # [U, T, T, S]: sum over t' <= t
-    last = table[rows, steps, held]
-    count = (steps - held)[:, None]  # clicks since the fetch
-    since = totals[rows, steps, held] - totals[rows, held, held]  # rows held+1 … step
-    mean = np.where(count > 0, since / np.maximum(count, 1), last)
+    `ReplayData.surprise_rows` gives them one by one (means by a cumulative sum), a chunk of
+    users' click rows at a time."""
+    columns = len(CLICK_COLUMNS)
+    last, mean = np.empty((len(rows), columns)), np.empty((len(rows), columns))
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    for chunk in data.row_chunks(data.window * data.window):
+        lo, hi = np.searchsorted(ordered, [chunk[0], chunk[-1] + 1])
+        if lo == hi:
+            continue
+        pick = order[lo:hi]
+        table = data.click_rows_of(chunk)  # [C, T, T, S]
+        totals = np.cumsum(table, axis=1)  # [C, T, T, S]: sum over t' <= t
+        r, s, h = rows[pick] - chunk[0], steps[pick], held[pick]
+        last[pick] = table[r, s, h]
+        count = (s - h)[:, None]  # clicks since the fetch
+        since = totals[r, s, h] - totals[r, h, h]  # rows held+1 … step
+        mean[pick] = np.where(count > 0, since / np.maximum(count, 1), last[pick])
     return last, mean
 
 

@@ -13,6 +13,7 @@ import pytest
 from device.fusion import LLMOnlyFusion
 from shared.device_format import SURPRISE_COLUMNS
 from simulations.replay import FreshLists, ReplayData, ReplayStream, SRMTables
+from simulations.replay.tables import pair_count
 from simulations.request_rate.auc import auc_table, measure_scores, state_labels
 
 T, N = 4, 3
@@ -61,7 +62,7 @@ def hand_made_data() -> ReplayData:
     lists = FreshLists(LISTS, scores, model_version="hand", request_history=50)
     surprise = np.zeros((2, T, len(SURPRISE_COLUMNS)))
     surprise[:, :, DRIFT] = DRIFTS
-    logits = np.zeros((2, T, T, N), np.float32)
+    logits = np.zeros((2, pair_count(T), N), np.float32)
     return ReplayData(stream, lists, SRMTables(logits, np.full((2, T), np.nan), surprise))
 
 

@@ -16,6 +16,7 @@ from device.policies.learned import observation_features
 from device.policies.surprise import SURPRISE_MEASURES
 from shared.device_format import SURPRISE_COLUMNS
 from simulations.replay import FreshLists, ReplayData, ReplayStream, SRMTables
+from simulations.replay.tables import pair_count
 from simulations.request_rate import feature_rows, state_index
 
 USERS, T, N, ITEMS = 5, 6, 8, 40
@@ -30,7 +31,7 @@ def random_data(seed: int = 0) -> ReplayData:
     items = np.stack([[rng.choice(np.arange(1, ITEMS + 1), N, replace=False) for _ in range(T)]
                       for _ in range(USERS)])  # fmt: skip
     scores = -np.sort(rng.random((USERS, T, N)), axis=-1).astype(np.float32)
-    logits = rng.normal(size=(USERS, T, T, N)).astype(np.float32)
+    logits = rng.normal(size=(USERS, pair_count(T), N)).astype(np.float32)  # held pairs
     surprise = rng.normal(size=(USERS, T, len(SURPRISE_COLUMNS)))
     lists = FreshLists(items, scores, model_version="random", request_history=50)
     return ReplayData(stream, lists, SRMTables(logits, np.full((USERS, T), np.nan), surprise))
@@ -56,3 +57,31 @@ def test_device_features_equal_the_replay_table_at_every_state(surprise):
         np.testing.assert_allclose(observation_features(obs, config), table[i], rtol=1e-9,
                                    atol=1e-12, err_msg=f"state {(row, step, list_step)}")  # fmt: skip
     assert several > len(rows) // 3  # many states average several clicks' rows
+
+
+def test_whole_stream_tables_in_small_chunks_equal_one_chunk(monkeypatch):
+    """Valid masks, click rows, features, measure tables, fused ranks and the learned fusion's
+    examples made a few users at a time are the one-chunk arrays, bit for bit."""
+    from device.fusion import RankSigmoidFusion
+    from simulations.replay import engine
+    from simulations.request_rate import fusion_fit, measure_table
+
+    config = FeatureConfig(recent_k=3, top_k=4, surprise=tuple(SURPRISE_MEASURES))
+
+    def tables() -> list[np.ndarray]:
+        data = random_data(seed=2)
+        return [
+            data.valid,
+            data.click_rows,
+            feature_rows(data, config),
+            measure_table(data, "kendall"),
+            measure_table(data, "drift_mean"),
+            data.fused_ranks(RankSigmoidFusion(alpha=0.3)),
+            *fusion_fit.fusion_examples(data),
+        ]
+
+    whole = tables()
+    monkeypatch.setattr(engine, "ROW_CHUNK", 2 * T * T)  # two users a chunk
+    monkeypatch.setattr(fusion_fit, "ROW_CHUNK", 7)
+    for one, chunked in zip(whole, tables()):
+        np.testing.assert_array_equal(chunked, one)
