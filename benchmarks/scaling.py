@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -137,6 +138,11 @@ def replay_stage(args, dataset, split, folder: Path) -> dict:
     config = ReplayConfig(table_workers=args.workers)
     cache = folder / "cache"
     label = dataset_label(dataset, 0)
+    if args.child == "lists":  # each stage computes its own part afresh
+        shutil.rmtree(cache, ignore_errors=True)
+    if args.child == "tables":
+        for path in cache.glob("srm-*.npz"):
+            path.unlink()
     started = time.perf_counter()
     if args.child == "lists":
         for role in ("valid", "test"):
