@@ -89,10 +89,14 @@ class ReplayData:
         """The SRM logits of list `held` at step `steps` (`held <= steps`) for `rows`, indexed
         as `[U, T, T]` (broadcast), as float64: the values a runner's `score_items` returned
         (cast per read, so no float64 copy of the table is kept)."""
+        return self.srm.logits[rows, self._pair_index(steps, held)].astype(np.float64)
+
+    def _pair_index(self, steps: Any, held: Any) -> np.ndarray:
+        """The held-pair index of (step, list) (`held_pairs`)."""
         pairs = self._pairs[steps, held]
         if np.any(pairs < 0):
             raise IndexError("a list is held only from the step it was made (held <= step)")
-        return self.srm.logits[rows, pairs].astype(np.float64)
+        return pairs
 
     def row_chunks(self, states: int = 1) -> list[np.ndarray]:
         """Rows in chunks of about `ROW_CHUNK` (row, state) pairs: what the whole-stream
@@ -104,17 +108,21 @@ class ReplayData:
 
     @cached_property
     def valid(self) -> np.ndarray:
-        """`[U, T, T, N]` bool: slot of list `j` may be shown at step `t` (not padding, unseen)."""
+        """`[U, P, N]` bool over the held pairs (`held_pairs`): slot of list `j` may be shown
+        at step `t` (not padding, not clicked before `t`); read it with `valid_at`."""
         items = self.lists.items
-        out = np.empty((self.num_users, self.window, *items.shape[1:]), dtype=bool)
-        steps = np.arange(self.window)[None, :, None, None]  # [1, T, 1, 1]
-        for rows in self.row_chunks(self.window * self.window):
-            pos = first_positions(
-                [self.stream.sequences[r] for r in rows], items[rows]
-            )  # [C, T(j), N]
-            seen_before = self.stream.starts[rows][:, None, None, None] + steps  # clicks before t
-            out[rows] = (items[rows] != 0)[:, None] & (pos[:, None] >= seen_before)
+        steps, held = self.held_states()
+        out = np.empty((self.num_users, len(steps), items.shape[-1]), dtype=bool)
+        for rows in self.row_chunks(len(steps)):
+            pos = first_positions([self.stream.sequences[r] for r in rows], items[rows])
+            seen_before = self.stream.starts[rows][:, None, None] + steps[None, :, None]
+            out[rows] = (items[rows][:, held] != 0) & (pos[:, held] >= seen_before)
         return out
+
+    def valid_at(self, rows: Any, steps: Any, held: Any) -> np.ndarray:
+        """`valid` of list `held` at step `steps` (`held <= steps`) for `rows`, indexed as
+        `[U, T, T]` (broadcast)."""
+        return self.valid[rows, self._pair_index(steps, held)]
 
     @cached_property
     def click_rows(self) -> np.ndarray:
@@ -144,7 +152,7 @@ class ReplayData:
                 model[local, s + 1, 0],  # the click's logit, from its own surprise row
                 self.lists.items[r, h],
                 self.logits_at(r, s, h),
-                self.valid[r, s, h],
+                self.valid_at(r, s, h),
             )
             out[local, s + 1, h, model.shape[-1] :] = part
         return out
@@ -186,7 +194,7 @@ class ReplayData:
                 self.lists.items[r, held].reshape(-1, width),
                 self.lists.scores[r, held].reshape(-1, width),
                 self.logits_at(r, steps, held).reshape(-1, width),
-                self.valid[r, steps, held].reshape(-1, width),
+                self.valid_at(r, steps, held).reshape(-1, width),
                 fusion,
                 age=np.tile(steps - held, len(rows)),
             )

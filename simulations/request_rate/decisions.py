@@ -68,6 +68,18 @@ class ScoreTables:
             return table
         return None
 
+    def prepare(self, policies: list[RequestPolicy | None]) -> None:
+        """Make every learned policy's table now (a controller's inner one included), the
+        features of each feature set computed once and then let go (`[M, F]` float64, the
+        largest temporary of the sweep's test stream)."""
+        learned = [getattr(p, "inner", p) for p in policies]
+        learned = [p for p in learned if isinstance(p, LearnedPolicy)]
+        for config in dict.fromkeys(p.feature_config for p in learned):
+            for policy in learned:
+                if policy.feature_config == config:
+                    self.of(policy)
+            self._features.pop(config, None)
+
     def draws(self, seed: int) -> np.ndarray:
         """`[U, T]` each user's first T uniforms of the policy stream of `seed` (`user_draws`),
         shared by every point with that seed."""

@@ -98,8 +98,10 @@ def run_request_rate(
     if fusion_notes:
         notes["fusion"] = fusion_notes
     indices = bootstrap_indices(test.num_users, config.bootstrap_draws, config.seed)
+    valid.forget_ranks()  # calibrated: the validation stream's fused ranks are not read again
     rows, results = [], []
     tables = ScoreTables(test)  # each family's test-stream scores, made once for its points
+    tables.prepare([p.policy for p in points])
     for point in progress_bar(points, desc="replaying policies", enabled=progress):
         result = run_point(test, point, tables)
         results.append(result)

@@ -36,14 +36,14 @@ def fusion_examples(
     for rows in data.row_chunks(len(steps)):
         r = rows[:, None]
         hit = data.lists.items[r, held] == data.stream.targets[r, steps][..., None]
-        keep[rows] = (hit & data.valid[r, steps, held]).any(axis=-1)
+        keep[rows] = (hit & data.valid_at(r, steps, held)).any(axis=-1)
     users, states = np.nonzero(keep)  # row-major: the order of the whole-stream arrays
     if len(users) > max_examples:
         chosen = np.random.default_rng(seed).choice(len(users), max_examples, replace=False)
         chosen.sort()
         users, states = users[chosen], states[chosen]
     s, h = steps[states], held[states]
-    valid = data.valid[users, s, h]  # [P, N]
+    valid = data.valid_at(users, s, h)  # [P, N]
     hit = (data.lists.items[users, h] == data.stream.targets[users, s][:, None]) & valid
     features = np.empty((*valid.shape, len(FUSION_FEATURES)), dtype=np.float32)
     for lo in range(0, len(users), ROW_CHUNK):  # float64 temporaries of one chunk at a time

@@ -78,7 +78,7 @@ def measure_table(data: ReplayData, measure: str, chunk: int = 2048) -> np.ndarr
     scores = np.empty(len(rows))
     for lo in range(0, len(rows), chunk):
         r, s, h = rows[lo : lo + chunk], steps[lo : lo + chunk], held[lo : lo + chunk]
-        scores[lo : lo + chunk] = scorer(data.logits_at(r, s, h), data.valid[r, s, h])
+        scores[lo : lo + chunk] = scorer(data.logits_at(r, s, h), data.valid_at(r, s, h))
     table = np.full((data.num_users, data.window, data.window), np.nan)
     table[rows, steps, held] = scores
     return table
@@ -94,7 +94,7 @@ def feature_rows(data: ReplayData, config: FeatureConfig, chunk: int = 2048) -> 
         r, s, h = rows[lo : lo + chunk], steps[lo : lo + chunk], held[lo : lo + chunk]
         items = data.lists.items[r, h]  # [m, N]
         age = s - h  # the held list was fetched at step h
-        valid = data.valid[r, s, h]
+        valid = data.valid_at(r, s, h)
         logits = data.logits_at(r, s, h)
         surprise = (last[lo : lo + chunk], mean[lo : lo + chunk])
         parts.append(
