@@ -123,19 +123,31 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
+def experiment_configs(args: argparse.Namespace):
+    """The sweep and replay configs `lsc4rec experiment request-rate` builds from its defaults
+    (the same points), with `SWEEP_ARGS` and the benchmark's workers."""
+    from cli.experiment import _build_configs
+    from cli.main import build_parser
+
+    command = ["experiment", "request-rate", *data_args(args.users[0], args.items),
+               "--llm", args.llm, "--srm", args.srm, *SWEEP_ARGS,
+               "--table-workers", str(args.workers)]  # fmt: skip
+    return _build_configs(build_parser("experiment").parse_args(command))
+
+
 def replay_stage(args, dataset, split, folder: Path) -> dict:
     """lists, tables or sweep: the experiment's work up to the stage read from the cache,
     the stage itself timed."""
     from cloud.loading import load_generator
     from seqrec.checkpoint import load_srm
-    from simulations.replay import ReplayConfig, dataset_label, stream_from_split
+    from simulations.replay import dataset_label, stream_from_split
     from simulations.replay.lists import load_or_generate_lists
-    from simulations.request_rate import RequestRateConfig, prepare_streams, write_outputs
+    from simulations.request_rate import prepare_streams, write_outputs
     from simulations.request_rate.experiment import run_request_rate
 
     generator = load_generator(args.llm)
     model = load_srm(args.srm)
-    config = ReplayConfig(table_workers=args.workers)
+    sweep, config = experiment_configs(args)
     cache = folder / "cache"
     label = dataset_label(dataset, 0)
     if args.child == "lists":  # each stage computes its own part afresh
@@ -152,8 +164,8 @@ def replay_stage(args, dataset, split, folder: Path) -> dict:
     prepared = time.perf_counter()
     if args.child == "tables":
         return {"seconds": round(prepared - started, 2)}
-    experiment = run_request_rate(test, valid, RequestRateConfig(auc_draws=0, bootstrap_draws=200))
-    write_outputs(experiment, folder / "request_rate", RequestRateConfig(), {})
+    experiment = run_request_rate(test, valid, sweep)
+    write_outputs(experiment, folder / "request_rate", sweep, {})
     return {"seconds": round(time.perf_counter() - prepared, 2), "points": len(experiment.rows)}
 
 

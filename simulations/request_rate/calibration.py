@@ -31,30 +31,44 @@ def simulate_rule(
     Returns:
         `[U, T]` requested and `[U, T]` list held after each decision.
     """
+    requested, used, _ = _simulate(table, rule, seed)
+    return requested, used
+
+
+def _simulate(
+    table: np.ndarray, rule: ThresholdRule, seed: int
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """`simulate_rule` and whether a visited state sat exactly at θ (only then can a split
+    tie draw a random number)."""
     users, window = table.shape[:2]
     rng = np.random.default_rng(seed)
     held = np.zeros(users, dtype=np.int64)
     requested = np.zeros((users, window), dtype=bool)
     used = np.zeros((users, window), dtype=np.int64)
+    tied = False
     for t in range(window):
-        wants = rule.decide(table[np.arange(users), t, held], rng)  # [U]
+        scores = table[np.arange(users), t, held]  # [U]
+        tied = tied or bool((scores == rule.threshold).any())
+        wants = rule.decide(scores, rng)
         held = np.where(wants, t, held)
         requested[:, t], used[:, t] = wants, held
-    return requested, used
+    return requested, used, tied
 
 
 def expected_rate(table: np.ndarray, rule: ThresholdRule, seed: int = 0, draws: int = 8) -> float:
     """Request rate of `rule` on the stream of `table`, averaged over `draws` tie-split streams.
 
     Only split ties draw random numbers; averaging keeps the calibration from fitting one
-    particular draw (each user's policy copy draws its own numbers on replay).
+    particular draw (each user's policy copy draws its own numbers on replay). A first pass
+    that meets no tie is what every draw would replay: it stands for all of them.
     """
     draws = draws if 0.0 < rule.tie_prob < 1.0 else 1  # no ties to split: one pass is exact
-    if draws > 1 and not (table == rule.threshold).any():
-        # No score sits at θ, so no random number is drawn and every draw replays alike:
-        # one pass, averaged as `draws` equal passes would be (the same float sum).
-        return float(np.mean([simulate_rule(table, rule, seed)[0].mean()] * draws))
-    return float(np.mean([simulate_rule(table, rule, seed + i)[0].mean() for i in range(draws)]))
+    requested, _, tied = _simulate(table, rule, seed)
+    rates = [requested.mean()]
+    if not tied:  # no number was drawn: every draw replays alike (the same float sum)
+        return float(np.mean(rates * draws))
+    rates += [simulate_rule(table, rule, seed + i)[0].mean() for i in range(1, draws)]
+    return float(np.mean(rates))
 
 
 def calibrate_on_stream(

@@ -159,6 +159,7 @@ def choose_best_fusion(
 ) -> tuple[Fusion, dict[str, Any]]:
     """The best of three fusions by validation NDCG@10 over all states (`all_states_ndcg10`):
     one α for every age (chosen on those states), one α per age bucket, the learned fusion."""
+    valid.rank_fusions([RankSigmoidFusion(alpha=a) for a in alphas])  # two threads
     by_alpha = {a: all_states_ndcg10(valid, RankSigmoidFusion(alpha=a)) for a in alphas}
     alpha = max(by_alpha, key=lambda a: (by_alpha[a], -abs(a - 0.5)))
     age, age_notes = choose_age_alphas(valid, alphas)
