@@ -102,6 +102,14 @@ def _user_tables(
     return logits, full, surprise
 
 
+def _empty_tables(users: int, window: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`[B, P, N]` zero logits, `[B, T]` NaN full ranks and `[B, T, 5]` zero surprise."""
+    logits = np.zeros((users, pair_count(window), width), dtype=np.float32)
+    full = np.full((users, window), np.nan)
+    surprise = np.zeros((users, window, len(SURPRISE_COLUMNS)))
+    return logits, full, surprise
+
+
 def compute_srm_tables(
     runner: SRMRunner,
     stream: ReplayStream,
@@ -130,10 +138,7 @@ def compute_srm_tables(
         chunk_users: users stepped together by a batched runner (bounds its memory).
     """
 
-    shape = (stream.num_users, pair_count(stream.window), lists.items.shape[-1])
-    logits = np.zeros(shape, dtype=np.float32)
-    full = np.full((stream.num_users, stream.window), np.nan)
-    surprise = np.zeros((stream.num_users, stream.window, len(SURPRISE_COLUMNS)))
+    logits, full, surprise = _empty_tables(stream.num_users, stream.window, lists.items.shape[-1])
     batched = {TorchStatefulRunner: _chunk_tables, HistoryRunner: _chunk_tables_history}
     if type(runner) in batched:
         if chunk_users < 1:
@@ -201,9 +206,7 @@ def _chunk_tables(
         for b, k in enumerate(kept):
             if not pending[b]:
                 last[b] = k[2]  # resumed exactly at the stream: its last surprise is kept
-        logits = np.zeros((len(rows), pair_count(window), lists.shape[-1]), dtype=np.float32)
-        surprise = np.zeros((len(rows), window, len(SURPRISE_COLUMNS)))
-        full = np.full((len(rows), window), np.nan)
+        logits, full, surprise = _empty_tables(len(rows), window, lists.shape[-1])
         candidates = torch.as_tensor(lists.astype(np.int64))  # [B, T, N]
         for t in range(window):
             surprise[:, t] = last
@@ -313,9 +316,7 @@ def _chunk_tables_history(
         return torch.stack([logit, nll, rank, drift, torch.zeros_like(logit)], 1).numpy()
 
     with torch.no_grad():
-        logits = np.zeros((len(rows), pair_count(window), lists.shape[-1]), dtype=np.float32)
-        surprise = np.zeros((len(rows), window, len(SURPRISE_COLUMNS)))
-        full = np.full((len(rows), window), np.nan)
+        logits, full, surprise = _empty_tables(len(rows), window, lists.shape[-1])
         previous = model.score_all(windows(starts - 1, width)).double()
         last = surprise_of(previous, starts - 1)
         for t in range(window):
@@ -367,11 +368,7 @@ def compute_srm_tables_parallel(
             kept = {int(u): resume[int(u)] for u in part.users if int(u) in resume}
         items = lists.items[start : start + len(rows)]  # a view: pickled per task, not copied here
         tasks.append((model, part, items, num_items, kept, chunk_users))
-    logits = np.zeros(
-        (stream.num_users, pair_count(stream.window), lists.items.shape[-1]), np.float32
-    )
-    full = np.full((stream.num_users, stream.window), np.nan)
-    surprise = np.zeros((stream.num_users, stream.window, len(SURPRISE_COLUMNS)))
+    logits, full, surprise = _empty_tables(stream.num_users, stream.window, lists.items.shape[-1])
     desc = f"SRM on {stream.role} stream"
     results = run_tasks(_table_task, tasks, workers, backend, desc, progress)
     for start, (part_logits, part_full, part_surprise, kept) in zip(starts, results):
